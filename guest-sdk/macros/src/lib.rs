@@ -1,0 +1,199 @@
+//! The `#[socket_route]` attribute of `switchyard-sdk`.
+//!
+//! It leaves the user's struct untouched and adds a hidden block that keeps
+//! one value of the struct per component instance and implements the
+//! generated `Guest` trait by delegating to the user's `Controller` impl.
+//! Every path in the output is absolute (`::switchyard_sdk::…`), and the
+//! checks that the struct implements `Default` and `Controller` are spanned
+//! to the struct's name, so mistakes are reported at the user's code.
+
+use proc_macro::TokenStream;
+use proc_macro2::Span;
+use quote::{quote, quote_spanned};
+use syn::parse::Parser;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprArray, ExprLit, ItemStruct, Lit, LitStr, meta::ParseNestedMeta};
+
+/// See `switchyard_sdk::socket_route`.
+#[proc_macro_attribute]
+pub fn socket_route(args: TokenStream, item: TokenStream) -> TokenStream {
+    match expand(args.into(), item.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(err) => err.to_compile_error().into(),
+    }
+}
+
+#[derive(Default)]
+struct RouteArgs {
+    route: Option<LitStr>,
+    name: Option<LitStr>,
+    is_granted: Vec<LitStr>,
+}
+
+impl RouteArgs {
+    fn parse(&mut self, meta: ParseNestedMeta) -> syn::Result<()> {
+        if meta.path.is_ident("route") {
+            let route: LitStr = meta.value()?.parse()?;
+            validate_route(&route)?;
+            self.route = Some(route);
+        } else if meta.path.is_ident("name") {
+            let name: LitStr = meta.value()?.parse()?;
+            if name.value().trim().is_empty() {
+                return Err(syn::Error::new(name.span(), "the route name must not be empty"));
+            }
+            self.name = Some(name);
+        } else if meta.path.is_ident("is_granted") {
+            let value: Expr = meta.value()?.parse()?;
+            self.is_granted = roles(&value)?;
+        } else {
+            return Err(meta.error("expected `route`, `name` or `is_granted`"));
+        }
+        Ok(())
+    }
+}
+
+fn roles(value: &Expr) -> syn::Result<Vec<LitStr>> {
+    let single = |expr: &Expr| match expr {
+        Expr::Lit(ExprLit { lit: Lit::Str(role), .. }) if !role.value().is_empty() => {
+            Ok(role.clone())
+        }
+        other => Err(syn::Error::new(other.span(), "a role is a non-empty string literal")),
+    };
+    match value {
+        Expr::Array(ExprArray { elems, .. }) => elems.iter().map(single).collect(),
+        other => Ok(vec![single(other)?]),
+    }
+}
+
+fn validate_route(route: &LitStr) -> syn::Result<()> {
+    let pattern = route.value();
+    if !pattern.starts_with('/') {
+        return Err(syn::Error::new(route.span(), "a route starts with `/`, e.g. \"/chat/\""));
+    }
+    let segments: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let is_capture = segment.starts_with('{') && segment.ends_with('}');
+        if segment.contains(['{', '}']) && !is_capture {
+            return Err(syn::Error::new(
+                route.span(),
+                format!("segment `{segment}`: a capture is a whole segment, `{{name}}`"),
+            ));
+        }
+        if is_capture {
+            let inner = &segment[1..segment.len() - 1];
+            let (catch_all, name) = match inner.strip_prefix('*') {
+                Some(name) => (true, name),
+                None => (false, inner),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(syn::Error::new(
+                    route.span(),
+                    format!("segment `{segment}`: a capture name is letters, digits and `_`"),
+                ));
+            }
+            if catch_all && i + 1 != segments.len() {
+                return Err(syn::Error::new(
+                    route.span(),
+                    format!("segment `{segment}`: a catch-all must be the last segment"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn expand(
+    args: proc_macro2::TokenStream,
+    item: proc_macro2::TokenStream,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let mut route_args = RouteArgs::default();
+    syn::meta::parser(|meta| route_args.parse(meta)).parse2(args)?;
+    let item: ItemStruct = syn::parse2(item).map_err(|err| {
+        syn::Error::new(err.span(), "#[socket_route] goes on the controller's struct")
+    })?;
+    if !item.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            item.generics.span(),
+            "a controller struct cannot be generic: the host creates it with `Default`",
+        ));
+    }
+    let Some(route) = route_args.route else {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "missing `route`, e.g. #[socket_route(route = \"/chat/\", name = \"chat\")]",
+        ));
+    };
+    let name = match route_args.name {
+        Some(name) => quote!(#name),
+        None => quote!(::core::env!("CARGO_PKG_NAME")),
+    };
+    let is_granted = route_args.is_granted;
+    let ty = &item.ident;
+    let span = ty.span();
+    let assert_impls = quote_spanned! {span=>
+        const _: fn() = || {
+            fn controller_must_implement_default_and_controller<
+                T: ::core::default::Default + ::switchyard_sdk::Controller,
+            >() {}
+            controller_must_implement_default_and_controller::<#ty>();
+        };
+    };
+
+    Ok(quote! {
+        #item
+
+        #assert_impls
+
+        #[doc(hidden)]
+        const _: () = {
+            use ::switchyard_sdk::{CloseInfo, Connection, Controller, ErrorInfo, Message, RouteInfo};
+
+            ::std::thread_local! {
+                // The component's one value of the controller, created on
+                // first use. Components are single-threaded and the host
+                // never re-enters an export, so the borrow is never shared.
+                static INSTANCE: ::core::cell::RefCell<::core::option::Option<#ty>> =
+                    const { ::core::cell::RefCell::new(::core::option::Option::None) };
+            }
+
+            fn with_instance<R>(f: impl ::core::ops::FnOnce(&mut #ty) -> R) -> R {
+                INSTANCE.with(|cell| {
+                    let mut slot = cell.borrow_mut();
+                    f(slot.get_or_insert_with(::core::default::Default::default))
+                })
+            }
+
+            struct SwitchyardExport;
+
+            impl ::switchyard_sdk::__private::Guest for SwitchyardExport {
+                fn describe() -> RouteInfo {
+                    RouteInfo {
+                        route: ::std::string::String::from(#route),
+                        name: ::std::string::String::from(#name),
+                        is_granted: ::std::vec![#(::std::string::String::from(#is_granted)),*],
+                    }
+                }
+
+                fn on_open(conn: Connection) -> ::core::option::Option<Message> {
+                    with_instance(|c| <#ty as Controller>::on_open(c, &conn))
+                }
+
+                fn on_message(conn: Connection, msg: Message) -> ::core::option::Option<Message> {
+                    with_instance(|c| <#ty as Controller>::on_message(c, &conn, msg))
+                }
+
+                fn on_close(conn: Connection, info: CloseInfo) {
+                    with_instance(|c| <#ty as Controller>::on_close(c, &conn, info))
+                }
+
+                fn on_error(conn: Connection, err: ErrorInfo) -> ::core::option::Option<Message> {
+                    with_instance(|c| <#ty as Controller>::on_error(c, &conn, err))
+                }
+            }
+
+            ::switchyard_sdk::__private::export!(
+                SwitchyardExport with_types_in ::switchyard_sdk::bindings
+            );
+        };
+    })
+}

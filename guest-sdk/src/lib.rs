@@ -1,0 +1,267 @@
+//! # switchyard-sdk
+//!
+//! Write WebSocket controllers for the [Switchyard] host in Rust. A controller
+//! is a struct holding its state, an implementation of [`Controller`] with up
+//! to four event methods, and a [`socket_route`] attribute naming the route it
+//! serves, like the PHP framework's `#[SocketRoute]`:
+//!
+//! ```no_run
+//! use switchyard_sdk::{socket_route, Connection, Controller, Message};
+//! use switchyard_sdk::serde_json::json;
+//!
+//! /// Greets each client, counts messages, and shares them with the others.
+//! #[socket_route(route = "/chat/", name = "chat", is_granted = ["ROLE_USER"])]
+//! #[derive(Default)]
+//! struct Chat {
+//!     messages_seen: u64,
+//! }
+//!
+//! impl Controller for Chat {
+//!     fn on_open(&mut self, conn: &Connection) -> Option<Message> {
+//!         conn.broadcast_others(&Message::text(format!("{} joined", conn.id)));
+//!         Some(Message::json(&json!({"type": "system", "data": "Hello world!"})))
+//!     }
+//!
+//!     fn on_message(&mut self, conn: &Connection, msg: Message) -> Option<Message> {
+//!         self.messages_seen += 1;
+//!         conn.broadcast_others(&msg);
+//!         None
+//!     }
+//! }
+//! # fn main() {}
+//! ```
+//!
+//! Build it with `cargo build --release --target wasm32-wasip2` (the crate is a
+//! `cdylib`) or `switchyard build`, and drop the `.wasm` file into the host's
+//! controllers folder.
+//!
+//! ## How events arrive
+//!
+//! The host creates one value of your type (with [`Default`]) per controller
+//! instance and calls one method at a time, in the order events happened, so
+//! `&mut self` needs no locking. A message returned from `on_open`,
+//! `on_message` or `on_error` goes to the connection that caused the event;
+//! everything else goes through [`send`], [`broadcast`], [`close`] or the
+//! helpers on [`Connection`].
+//!
+//! A panic inside an event handler ends that instance: the host closes the
+//! connection whose event failed (1011) and serves the others from a fresh
+//! instance.
+//!
+//! [Switchyard]: https://example.invalid/switchyard
+
+#![deny(missing_docs)]
+
+// Lets the generated bindings name this crate by its absolute path.
+extern crate self as switchyard_sdk;
+
+pub use serde;
+pub use serde_json;
+/// Marks a struct as a controller and exports it from the component.
+///
+/// ```text
+/// #[socket_route(route = "/rooms/{room}", name = "rooms", is_granted = ["ROLE_USER"])]
+/// ```
+///
+/// - `route` (required): the path pattern. Literal segments, `{name}`
+///   single-segment captures, and a trailing `{*rest}` catch-all.
+/// - `name` (optional, defaults to the crate name): the route's unique name.
+/// - `is_granted` (optional): roles of which a client needs at least one;
+///   a single string or a list.
+///
+/// The struct must implement [`Default`] and [`Controller`]. Use the
+/// attribute once per component.
+pub use switchyard_sdk_macros::socket_route;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "controller",
+        pub_export_macro: true,
+        export_macro_name: "__export",
+        default_bindings_module: "::switchyard_sdk::bindings",
+        runtime_path: "::switchyard_sdk::__private::wit_bindgen::rt",
+    });
+}
+
+use bindings::switchyard::controller::host as wit_host;
+pub use bindings::switchyard::controller::types::{
+    CloseInfo, Connection, ConnectionId, ErrorInfo, HostError, LogLevel, Message, RouteInfo,
+};
+
+/// The event handlers of a controller. Every method has a default that does
+/// nothing, so implement only the events you care about.
+pub trait Controller: Default + 'static {
+    /// A client connected. A returned message is sent to it first.
+    fn on_open(&mut self, conn: &Connection) -> Option<Message> {
+        let _ = conn;
+        None
+    }
+
+    /// A client sent `msg`. A returned message is sent back to it.
+    fn on_message(&mut self, conn: &Connection, msg: Message) -> Option<Message> {
+        let _ = (conn, msg);
+        None
+    }
+
+    /// The connection ended. Called exactly once per connection; it can no
+    /// longer be sent to, and [`connections`] no longer lists it.
+    fn on_close(&mut self, conn: &Connection, info: CloseInfo) {
+        let _ = (conn, info);
+    }
+
+    /// The host detected a problem (`err.code` is the close code it will
+    /// send); `on_close` follows. A returned message is sent before the close
+    /// frame when the connection can still take it.
+    fn on_error(&mut self, conn: &Connection, err: ErrorInfo) -> Option<Message> {
+        let _ = (conn, err);
+        None
+    }
+}
+
+impl Message {
+    /// A text message.
+    pub fn text(text: impl Into<String>) -> Self {
+        Message::Text(text.into())
+    }
+
+    /// A binary message.
+    pub fn binary(bytes: impl Into<Vec<u8>>) -> Self {
+        Message::Binary(bytes.into())
+    }
+
+    /// A text message holding `value` as JSON, like the PHP `JsonMessage`.
+    ///
+    /// # Panics
+    /// When `value`'s `Serialize` implementation fails (for example a map
+    /// with non-string keys); use [`Message::try_json`] to handle that.
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Self {
+        Self::try_json(value).expect("value cannot be serialized as JSON")
+    }
+
+    /// A text message holding `value` as JSON.
+    pub fn try_json<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<Self> {
+        serde_json::to_string(value).map(Message::Text)
+    }
+
+    /// Parses the message (text or binary) as JSON.
+    pub fn json_as<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_slice(self.as_bytes())
+    }
+
+    /// The text of a text message.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Message::Text(text) => Some(text),
+            Message::Binary(_) => None,
+        }
+    }
+
+    /// The payload bytes, for either kind.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Message::Text(text) => text.as_bytes(),
+            Message::Binary(bytes) => bytes,
+        }
+    }
+
+    /// Whether this is a text message.
+    pub fn is_text(&self) -> bool {
+        matches!(self, Message::Text(_))
+    }
+}
+
+impl From<String> for Message {
+    fn from(text: String) -> Self {
+        Message::Text(text)
+    }
+}
+
+impl From<&str> for Message {
+    fn from(text: &str) -> Self {
+        Message::Text(text.to_owned())
+    }
+}
+
+impl From<Vec<u8>> for Message {
+    fn from(bytes: Vec<u8>) -> Self {
+        Message::Binary(bytes)
+    }
+}
+
+impl Connection {
+    /// The value captured by the route parameter `{name}`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        lookup(&self.params, name)
+    }
+
+    /// The first value of the query parameter `name`.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        lookup(&self.query, name)
+    }
+
+    /// Whether the connection's user has `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// Queues `msg` for this connection.
+    pub fn send(&self, msg: &Message) -> Result<(), HostError> {
+        send(self.id, msg)
+    }
+
+    /// Queues `msg` for every other connection of this controller and returns
+    /// how many it was queued for.
+    pub fn broadcast_others(&self, msg: &Message) -> Result<u32, HostError> {
+        broadcast(msg, Some(self.id))
+    }
+
+    /// Closes this connection with `code` and `reason` after what is already
+    /// queued for it.
+    pub fn close(&self, code: u16, reason: &str) -> Result<(), HostError> {
+        close(self.id, code, reason)
+    }
+}
+
+fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// Queues `msg` for connection `to` of this controller.
+pub fn send(to: ConnectionId, msg: &Message) -> Result<(), HostError> {
+    wit_host::send(to, msg)
+}
+
+/// Queues `msg` for every open connection of this controller except `except`,
+/// encoding it once. Returns how many connections it was queued for.
+pub fn broadcast(msg: &Message, except: Option<ConnectionId>) -> Result<u32, HostError> {
+    wit_host::broadcast(msg, except)
+}
+
+/// The ids of this controller's open connections, oldest first.
+pub fn connections() -> Vec<ConnectionId> {
+    wit_host::connections()
+}
+
+/// Closes connection `conn` with `code` and `reason` after what is already
+/// queued for it.
+pub fn close(conn: ConnectionId, code: u16, reason: &str) -> Result<(), HostError> {
+    wit_host::close(conn, code, reason)
+}
+
+/// Writes `message` to the host's log, tagged with this controller's route.
+pub fn log(level: LogLevel, message: &str) {
+    wit_host::log(level, message)
+}
+
+/// Used by the code that `#[socket_route]` generates. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::bindings::Guest;
+    pub use crate::bindings::__export as export;
+    pub use wit_bindgen;
+}
