@@ -1,1 +1,135 @@
-fn main() {}
+//! The `switchyard` command line: `serve`, `build` and `up`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use switchyard::{Config, Server};
+
+#[derive(Parser)]
+#[command(version, about = "WebSocket application server with WebAssembly controllers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the controllers in the controllers folder.
+    Serve(ServeArgs),
+    /// Build every controller crate in the controllers folder to <name>.wasm.
+    Build(BuildArgs),
+    /// Build the controllers, then serve them.
+    Up(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Folder of controller modules (*.wasm).
+    #[arg(long)]
+    controllers: Option<PathBuf>,
+    /// Config file (default: ./switchyard.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Folder of controller crates.
+    #[arg(long)]
+    controllers: Option<PathBuf>,
+    /// Config file (default: ./switchyard.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(path) => Config::load(path),
+        None => {
+            let default = PathBuf::from("switchyard.toml");
+            if default.is_file() {
+                Config::load(&default)
+            } else {
+                Ok(Config::default())
+            }
+        }
+    }
+}
+
+fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = load_config(args.config.as_ref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = &args.controllers {
+        config.controllers = dir.clone();
+    }
+    Ok(config)
+}
+
+fn build(dir: &std::path::Path) -> anyhow::Result<()> {
+    let placed = switchyard::builder::build_controllers(dir)?;
+    for file in &placed {
+        eprintln!("switchyard: built {}", file.display());
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let server = Server::new(config).await?;
+    for route in server.routes() {
+        tracing::info!(route = %route.name, pattern = %route.pattern, "serving ws://{addr}{}", route.pattern);
+    }
+    println!("listening on ws://{addr}");
+    server.serve(listener, shutdown_signal()).await
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(serve_config(&args)?)),
+        Command::Build(args) => {
+            let mut config = load_config(args.config.as_ref())?;
+            if let Some(dir) = args.controllers {
+                config.controllers = dir;
+            }
+            build(&config.controllers)
+        }
+        Command::Up(args) => {
+            let config = serve_config(&args)?;
+            build(&config.controllers)?;
+            runtime.block_on(serve(config))
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! One WebSocket connection after the upgrade: its outbound queue, its
+//! writer task and its reader loop.
+//!
+//! Data enters from the socket in [`run`], which forwards each message to the
+//! controller as an [`Event`], and leaves through a [`ConnHandle`]: the
+//! controller (and the host functions it calls) push frames onto a bounded
+//! queue without ever waiting, and a writer task feeds them to the socket,
+//! flushing once per batch. A queue that fills up marks a slow consumer: the
+//! connection is closed with 1008 instead of growing. However the connection
+//! ends, [`run`] sends exactly one [`Event::Close`], after which the
+//! controller calls `on-close`.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::instance::{ControllerHandle, Event};
+
+/// Frames written per flush at most.
+const WRITE_BATCH: usize = 64;
+
+/// Close code for an abnormal closure (no close frame); never sent on the wire.
+pub const CLOSE_ABNORMAL: u16 = 1006;
+/// Close code when the peer's close frame carried no code.
+pub const CLOSE_NO_STATUS: u16 = 1005;
+
+/// What the host knows about a connection from its upgrade request.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// Unique for the life of the process.
+    pub id: u64,
+    /// The route name the connection matched.
+    pub route: Arc<str>,
+    /// The request path, without the query.
+    pub path: String,
+    /// Route captures, decoded.
+    pub params: Vec<(String, String)>,
+    /// Query pairs, decoded.
+    pub query: Vec<(String, String)>,
+    /// The authenticated subject, if any.
+    pub user: Option<String>,
+    /// The subject's roles.
+    pub roles: Vec<String>,
+    /// The client's address, for logs.
+    pub peer: std::net::SocketAddr,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection is closing or closed.
+    Closed,
+    /// The queue is full; the connection is now being closed with 1008.
+    SlowConsumer,
+}
+
+enum Outgoing {
+    Frame(WsMessage),
+    Close(CloseFrame),
+}
+
+/// The sending side of a connection, shared by its reader, its controller
+/// and the host functions. Every method returns at once.
+pub struct ConnHandle {
+    id: u64,
+    tx: mpsc::Sender<Outgoing>,
+    /// Payload bytes waiting in the queue, to bound memory as well as count.
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
+    /// Set once a close has been queued or forced; later sends are refused.
+    closing: AtomicBool,
+    /// Wakes the writer to drop what is queued and close at once.
+    kill: Notify,
+    /// The close frame to send when killed. A std mutex: held only to
+    /// store or take the frame, never across an await.
+    kill_frame: Mutex<Option<CloseFrame>>,
+}
+
+impl ConnHandle {
+    /// The connection's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the connection has started closing.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Queues a data frame. The payload is shared, not copied, so one
+    /// broadcast frame is encoded once for all recipients.
+    pub fn push(&self, frame: WsMessage) -> Result<(), PushError> {
+        if self.is_closing() {
+            return Err(PushError::Closed);
+        }
+        let len = frame.len();
+        let queued = self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
+        if queued > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.force_close(CloseCode::Policy, "slow consumer");
+            return Err(PushError::SlowConsumer);
+        }
+        match self.tx.try_send(Outgoing::Frame(frame)) {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                match err {
+                    mpsc::error::TrySendError::Full(_) => {
+                        self.force_close(CloseCode::Policy, "slow consumer");
+                        Err(PushError::SlowConsumer)
+                    }
+                    mpsc::error::TrySendError::Closed(_) => Err(PushError::Closed),
+                }
+            }
+        }
+    }
+
+    /// Closes the connection after what is already queued. Fails when it is
+    /// already closing.
+    pub fn close(&self, code: u16, reason: &str) -> Result<(), PushError> {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return Err(PushError::Closed);
+        }
+        let frame = close_frame(CloseCode::from(code), reason);
+        match self.tx.try_send(Outgoing::Close(frame.clone())) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // No room behind the queued frames: close at once instead.
+                self.kill_with(frame);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
+        }
+    }
+
+    /// Drops whatever is queued and closes with `code` as soon as possible.
+    pub fn force_close(&self, code: CloseCode, reason: &str) {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        warn!(conn = self.id, code = u16::from(code), reason, "closing connection");
+        self.kill_with(close_frame(code, reason));
+    }
+
+    fn kill_with(&self, frame: CloseFrame) {
+        *self.kill_frame.lock().expect("kill frame lock") = Some(frame);
+        self.kill.notify_one();
+    }
+}
+
+/// Builds a close frame, cutting the reason to the 123 bytes a control frame
+/// allows, at a character boundary.
+pub fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame {
+        code,
+        reason: Utf8Bytes::from(&reason[..end]),
+    }
+}
+
+/// How the writer task ended.
+#[derive(Debug)]
+enum WriterExit {
+    /// We sent this close frame after the queued frames; now wait for the
+    /// peer's answer.
+    Closed(CloseFrame),
+    /// Killed: queued frames dropped, this close frame sent if possible.
+    Killed(CloseFrame),
+    /// The socket failed.
+    Failed,
+}
+
+type WsSink = SplitSink<WebSocketStream<TcpStream>, WsMessage>;
+
+async fn write_batch(
+    sink: &mut WsSink,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    batch: &mut Vec<Outgoing>,
+    handle: &ConnHandle,
+) -> Result<Option<CloseFrame>, WsError> {
+    if rx.recv_many(batch, WRITE_BATCH).await == 0 {
+        // Every sender is gone: nothing more can be queued.
+        return Ok(Some(close_frame(CloseCode::Away, "")));
+    }
+    for out in batch.drain(..) {
+        match out {
+            Outgoing::Frame(frame) => {
+                let len = frame.len();
+                sink.feed(frame).await?;
+                handle.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            }
+            Outgoing::Close(frame) => {
+                sink.send(WsMessage::Close(Some(frame.clone()))).await?;
+                return Ok(Some(frame));
+            }
+        }
+    }
+    sink.flush().await?;
+    Ok(None)
+}
+
+async fn run_writer(
+    mut sink: WsSink,
+    mut rx: mpsc::Receiver<Outgoing>,
+    handle: Arc<ConnHandle>,
+    close_timeout: Duration,
+) -> WriterExit {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        let step = tokio::select! {
+            biased;
+            () = handle.kill.notified() => None,
+            step = write_batch(&mut sink, &mut rx, &mut batch, &handle) => Some(step),
+        };
+        match step {
+            None => {
+                let frame = handle
+                    .kill_frame
+                    .lock()
+                    .expect("kill frame lock")
+                    .take()
+                    .unwrap_or_else(|| close_frame(CloseCode::Away, ""));
+                let send = sink.send(WsMessage::Close(Some(frame.clone())));
+                let _ = tokio::time::timeout(close_timeout, send).await;
+                return WriterExit::Killed(frame);
+            }
+            Some(Ok(None)) => {}
+            Some(Ok(Some(frame))) => return WriterExit::Closed(frame),
+            Some(Err(err)) => {
+                debug!(conn = handle.id, error = %err, "write failed");
+                return WriterExit::Failed;
+            }
+        }
+    }
+}
+
+/// A problem on the read side and the close code it calls for.
+fn classify(err: &WsError) -> Option<(u16, String)> {
+    match err {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((
+            1009,
+            format!("message of {size} bytes exceeds the limit of {max_size} bytes"),
+        )),
+        WsError::Capacity(other) => Some((1009, other.to_string())),
+        WsError::Utf8(detail) => Some((1007, format!("invalid UTF-8 in a text message: {detail}"))),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(protocol) => Some((1002, protocol.to_string())),
+        _ => None,
+    }
+}
+
+/// Serves one upgraded connection until it ends, then reports its close to
+/// the controller. Returns when `on-close` has been queued.
+pub async fn run(
+    ws: WebSocketStream<TcpStream>,
+    info: ConnectionInfo,
+    controller: Arc<ControllerHandle>,
+    limits: &crate::config::Limits,
+    shutdown: CancellationToken,
+) {
+    let id = info.id;
+    let route = info.route.clone();
+    let (sink, mut stream) = ws.split();
+    let (tx, rx) = mpsc::channel(limits.outbound_queue_messages);
+    let handle = Arc::new(ConnHandle {
+        id,
+        tx,
+        queued_bytes: AtomicUsize::new(0),
+        max_queued_bytes: limits.outbound_queue_bytes,
+        closing: AtomicBool::new(false),
+        kill: Notify::new(),
+        kill_frame: Mutex::new(None),
+    });
+    let close_timeout = limits.close_timeout();
+    let mut writer = tokio::spawn(run_writer(sink, rx, handle.clone(), close_timeout));
+    info!(route = %route, conn = id, peer = %info.peer, path = %info.path, "connection opened");
+
+    let open = Event::Open {
+        info: Arc::new(info),
+        handle: handle.clone(),
+    };
+    if controller.send(open).await.is_err() {
+        handle.force_close(CloseCode::Away, "controller unavailable");
+    }
+
+    // The close that on-close reports: whichever side closed first.
+    let mut first_close: Option<(u16, String)> = None;
+    let mut reading = true;
+    let mut writer_done = false;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let closing_deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            frame = stream.next(), if reading => match frame {
+                Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
+                    if !handle.is_closing()
+                        && controller.send(Event::Message { id, msg }).await.is_err()
+                    {
+                        handle.force_close(CloseCode::Away, "controller unavailable");
+                    }
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    // tungstenite answers the close; the stream ends next.
+                    first_close.get_or_insert_with(|| match frame {
+                        Some(frame) => (u16::from(frame.code), frame.reason.to_string()),
+                        None => (CLOSE_NO_STATUS, String::new()),
+                    });
+                }
+                Some(Ok(_)) => {} // ping and pong are answered by tungstenite
+                Some(Err(err)) => {
+                    reading = false;
+                    match classify(&err) {
+                        Some((code, message)) => {
+                            warn!(route = %route, conn = id, code, error = %message, "client error");
+                            first_close.get_or_insert_with(|| (code, message.clone()));
+                            let _ = controller.send(Event::Error { id, code, message }).await;
+                            // The controller replies, then queues the close;
+                            // give the writer until the deadline to send both.
+                            deadline = Some(Instant::now() + close_timeout);
+                        }
+                        None => {
+                            debug!(route = %route, conn = id, error = %err, "connection dropped");
+                            break;
+                        }
+                    }
+                }
+                None => break,
+            },
+            exit = &mut writer, if !writer_done => {
+                writer_done = true;
+                match exit {
+                    Ok(WriterExit::Closed(frame)) => {
+                        first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
+                        if !reading {
+                            break;
+                        }
+                        deadline = Some(Instant::now() + close_timeout);
+                    }
+                    Ok(WriterExit::Killed(frame)) => {
+                        first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
+                        break;
+                    }
+                    Ok(WriterExit::Failed) | Err(_) => break,
+                }
+            },
+            () = tokio::time::sleep_until(closing_deadline), if deadline.is_some() => break,
+            () = shutdown.cancelled(), if !handle.is_closing() => {
+                let _ = handle.close(1001, "server shutting down");
+            }
+        }
+    }
+    writer.abort();
+    let (code, reason) = first_close.unwrap_or((CLOSE_ABNORMAL, String::new()));
+    info!(route = %route, conn = id, code, reason = %reason, "connection closed");
+    // The queue is bounded; this waits only if the controller is busy.
+    let _ = controller.send(Event::Close { id, code, reason }).await;
+}

@@ -1,0 +1,204 @@
+//! The HTTP side of a WebSocket upgrade.
+//!
+//! The server reads the request head itself so that it can answer with a
+//! real HTTP status before any upgrade: 404 when no route matches, 426 when
+//! a plain HTTP request reaches a route, 400 for a malformed upgrade. Only an
+//! accepted request gets `101 Switching Protocols`; the bytes read past the
+//! head are handed to the WebSocket layer.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+/// Largest request head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+/// Most headers accepted in a request head.
+const MAX_HEADERS: usize = 64;
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct Request {
+    /// The method, e.g. `GET`.
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: String,
+    headers: Vec<(String, String)>,
+    /// Bytes received after the head (the client may not wait for the 101).
+    pub leftover: Vec<u8>,
+}
+
+impl Request {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Whether the comma-separated header `name` lists `token`.
+    fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(key, _)| key.eq_ignore_ascii_case(name))
+            .flat_map(|(_, value)| value.split(','))
+            .any(|item| item.trim().eq_ignore_ascii_case(token))
+    }
+}
+
+/// Why no request could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The peer closed before a complete head.
+    #[error("connection closed before a complete request")]
+    Closed,
+    /// The head exceeds the size or header-count limit.
+    #[error("request head too large")]
+    TooLarge,
+    /// Not HTTP/1.1.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads and parses one request head.
+pub async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut chunk = [0u8; 2048];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(ReadError::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let target = parsed.path.unwrap_or("/");
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let request = Request {
+                    method: parsed.method.unwrap_or("").to_owned(),
+                    path: path.to_owned(),
+                    query: query.to_owned(),
+                    headers: parsed
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                        .collect(),
+                    leftover: buf[len..].to_vec(),
+                };
+                return Ok(request);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                return Err(ReadError::TooLarge);
+            }
+            Err(err) => return Err(ReadError::Malformed(err.to_string())),
+        }
+    }
+}
+
+/// An HTTP answer that refuses the upgrade.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Status code.
+    pub status: u16,
+    /// Plain-text body, one line.
+    pub body: String,
+    /// Extra headers.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Rejection {
+    /// A rejection with a status and body.
+    pub fn new(status: u16, body: impl Into<String>) -> Self {
+        Rejection {
+            status,
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn with_header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Checks that the request is a WebSocket upgrade this server speaks and
+/// returns its `Sec-WebSocket-Key`.
+pub fn check_upgrade(request: &Request) -> Result<String, Rejection> {
+    if !request.header_has_token("Upgrade", "websocket") {
+        return Err(Rejection::new(
+            426,
+            format!("{} is a WebSocket endpoint: connect with a WebSocket client", request.path),
+        )
+        .with_header("Upgrade", "websocket")
+        .with_header("Connection", "Upgrade, close")
+        .with_header("Sec-WebSocket-Version", "13"));
+    }
+    if request.method != "GET" {
+        return Err(Rejection::new(405, "a WebSocket upgrade uses GET").with_header("Allow", "GET"));
+    }
+    if !request.header_has_token("Connection", "upgrade") {
+        return Err(Rejection::new(400, "missing `Connection: Upgrade`"));
+    }
+    if request.header("Sec-WebSocket-Version").map(str::trim) != Some("13") {
+        return Err(Rejection::new(426, "unsupported WebSocket version: use 13")
+            .with_header("Sec-WebSocket-Version", "13"));
+    }
+    match request.header("Sec-WebSocket-Key").map(str::trim) {
+        Some(key) if !key.is_empty() => Ok(key.to_owned()),
+        _ => Err(Rejection::new(400, "missing Sec-WebSocket-Key")),
+    }
+}
+
+/// Writes a rejection and closes the write side.
+pub async fn reject(stream: &mut TcpStream, rejection: &Rejection) -> std::io::Result<()> {
+    let body = format!("{}\n", rejection.body);
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+        rejection.status,
+        reason_phrase(rejection.status),
+        body.len()
+    );
+    if !rejection.headers.iter().any(|(name, _)| *name == "Connection") {
+        head.push_str("Connection: close\r\n");
+    }
+    for (name, value) in &rejection.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.push_str(&body);
+    stream.write_all(head.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Completes the upgrade with `101 Switching Protocols`.
+pub async fn accept(stream: &mut TcpStream, key: &str) -> std::io::Result<()> {
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    stream.write_all(response.as_bytes()).await
+}

@@ -1,0 +1,154 @@
+//! The `host` interface of the WIT world: what a controller may ask of the
+//! host while it handles an event.
+//!
+//! [`HostState`] is the data of one instance's wasmtime `Store`. It holds the
+//! controller's connection table, which is host-owned: when an instance is
+//! replaced (after a trap, or on reload) the table moves to the new store.
+//! Every function here returns at once; sending only queues a frame on a
+//! [`ConnHandle`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::switchyard::controller::{host, types};
+use crate::bindings::Message;
+use crate::bindings::switchyard::controller::types::{HostError, LogLevel};
+use crate::connection::{ConnHandle, PushError};
+
+/// Open connections of one controller instance, by id. Ids grow with time,
+/// so iteration order is connection order.
+pub type ConnTable = BTreeMap<u64, Arc<ConnHandle>>;
+
+/// The data of an instance's store.
+pub struct HostState {
+    /// The controller's open connections; survives instance replacement.
+    pub conns: ConnTable,
+    /// The route name, to tag logs.
+    pub route: Arc<str>,
+    /// Largest message a controller may send.
+    pub max_message_bytes: usize,
+    /// Epoch ticks left for the running event; see `instance`.
+    pub ticks_left: u64,
+    /// Caps the instance's memory.
+    pub limits: StoreLimits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl HostState {
+    /// State for a fresh instance owning `conns`.
+    pub fn new(
+        route: Arc<str>,
+        conns: ConnTable,
+        max_message_bytes: usize,
+        limits: StoreLimits,
+    ) -> Self {
+        // No preopened directories, no network, no environment, no args.
+        let wasi = WasiCtx::builder()
+            .stdout(crate::guest_log::GuestOutput::new(route.clone(), "stdout"))
+            .stderr(crate::guest_log::GuestOutput::new(route.clone(), "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        HostState {
+            conns,
+            route,
+            max_message_bytes,
+            ticks_left: 0,
+            limits,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn host_error(err: PushError) -> HostError {
+    match err {
+        PushError::Closed => HostError::Closed,
+        PushError::SlowConsumer => HostError::SlowConsumer,
+    }
+}
+
+/// Close codes an endpoint may send (RFC 6455 §7.4, IANA registry).
+pub fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn send(&mut self, to: u64, msg: Message) -> Result<(), HostError> {
+        if msg.len() > self.max_message_bytes {
+            return Err(HostError::TooLarge);
+        }
+        let conn = self.conns.get(&to).ok_or(HostError::UnknownConnection)?;
+        conn.push(msg.into_frame()).map_err(host_error)
+    }
+
+    fn broadcast(&mut self, msg: Message, except: Option<u64>) -> Result<u32, HostError> {
+        if msg.len() > self.max_message_bytes {
+            return Err(HostError::TooLarge);
+        }
+        // One frame; each recipient gets a reference-counted clone.
+        let frame = msg.into_frame();
+        let mut queued = 0;
+        for (id, conn) in &self.conns {
+            if Some(*id) != except && conn.push(frame.clone()).is_ok() {
+                queued += 1;
+            }
+        }
+        Ok(queued)
+    }
+
+    fn connections(&mut self) -> Vec<u64> {
+        self.conns.keys().copied().collect()
+    }
+
+    fn close(&mut self, conn: u64, code: u16, reason: String) -> Result<(), HostError> {
+        if !close_code_allowed(code) {
+            return Err(HostError::InvalidCloseCode);
+        }
+        let handle = self.conns.get(&conn).ok_or(HostError::UnknownConnection)?;
+        handle.close(code, &reason).map_err(host_error)
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        let route = &*self.route;
+        match level {
+            LogLevel::Trace => tracing::trace!(target: "guest", route, "{message}"),
+            LogLevel::Debug => tracing::debug!(target: "guest", route, "{message}"),
+            LogLevel::Info => tracing::info!(target: "guest", route, "{message}"),
+            LogLevel::Warn => tracing::warn!(target: "guest", route, "{message}"),
+            LogLevel::Error => tracing::error!(target: "guest", route, "{message}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close_code_allowed;
+
+    #[test]
+    fn reserved_close_codes_are_refused() {
+        for code in [1000, 1001, 1008, 1011, 3000, 4999] {
+            assert!(close_code_allowed(code), "{code}");
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000] {
+            assert!(!close_code_allowed(code), "{code}");
+        }
+    }
+}

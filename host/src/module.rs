@@ -1,0 +1,212 @@
+//! Loading a controller module: from a `.wasm` file to a checked, ready to
+//! instantiate component with its route.
+//!
+//! [`load`] compiles off the async threads, links against the host's imports,
+//! checks that the component exports the controller world, instantiates it
+//! once and asks `describe()` for its route. Any failure is a [`LoadError`]
+//! naming the file and what to do; the server keeps serving its other
+//! controllers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::component::Component;
+
+use crate::bindings::ControllerPre;
+use crate::host_api::HostState;
+use crate::router::{PatternError, RoutePattern};
+use crate::runtime::Runtime;
+
+/// Why a module was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{file}: cannot read the module: {reason}")]
+    Read {
+        /// The module file.
+        file: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The bytes are not a WebAssembly component wasmtime accepts.
+    #[error(
+        "{file}: not a valid WebAssembly component ({reason}); build controllers with \
+         `switchyard build` or `cargo build --target wasm32-wasip2`"
+    )]
+    Invalid {
+        /// The module file.
+        file: String,
+        /// What the compiler said.
+        reason: String,
+    },
+    /// The component does not fit the controller world.
+    #[error(
+        "{file}: does not implement the world switchyard:controller/controller@0.1.0 \
+         ({reason}); build it against wit/switchyard.wit, e.g. with switchyard-sdk"
+    )]
+    WrongWorld {
+        /// The module file.
+        file: String,
+        /// The missing or mismatched import or export.
+        reason: String,
+    },
+    /// Instantiating or calling `describe()` failed.
+    #[error("{file}: {stage} failed: {reason}")]
+    Start {
+        /// The module file.
+        file: String,
+        /// `instantiation` or `describe()`.
+        stage: &'static str,
+        /// The trap or error.
+        reason: String,
+    },
+    /// `describe()` returned an unusable route.
+    #[error("{file}: {source}")]
+    Route {
+        /// The module file.
+        file: String,
+        /// What is wrong with the pattern.
+        source: PatternError,
+    },
+    /// `describe()` returned an empty or malformed name.
+    #[error(
+        "{file}: invalid route name `{name}`: use letters, digits, `-`, `_` and `.`, 1 to 64 of them"
+    )]
+    Name {
+        /// The module file.
+        file: String,
+        /// The name as returned.
+        name: String,
+    },
+    /// Another module already serves the same route pattern.
+    #[error(
+        "{file}: route `{route}` is already served by {other} (route `{other_route}`); \
+         change the route of one of them"
+    )]
+    RouteTaken {
+        /// The module that was refused.
+        file: String,
+        /// Its route.
+        route: String,
+        /// The module that keeps the route.
+        other: String,
+        /// The pattern it serves.
+        other_route: String,
+    },
+    /// Another module already uses the same route name.
+    #[error(
+        "{file}: route name `{name}` is already used by {other}; give one of them another name"
+    )]
+    NameTaken {
+        /// The module that was refused.
+        file: String,
+        /// The duplicated name.
+        name: String,
+        /// The module that keeps the name.
+        other: String,
+    },
+}
+
+/// A loaded, checked controller module.
+pub struct Module {
+    /// Where it was loaded from.
+    pub file: PathBuf,
+    /// Ready-to-instantiate component, imports resolved.
+    pub pre: ControllerPre<HostState>,
+    /// The route pattern from `describe()`.
+    pub pattern: RoutePattern,
+    /// The route name from `describe()`.
+    pub name: Arc<str>,
+    /// Roles of which a client needs one; empty means anyone.
+    pub is_granted: Vec<String>,
+}
+
+impl Module {
+    /// The file name, for messages.
+    pub fn file_name(&self) -> String {
+        self.file.display().to_string()
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Loads and checks the module at `path`.
+pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<Module, LoadError> {
+    let file = path.display().to_string();
+    let bytes = tokio::fs::read(path).await.map_err(|err| LoadError::Read {
+        file: file.clone(),
+        reason: err.to_string(),
+    })?;
+    let engine = runtime.engine().clone();
+    let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+        .await
+        .expect("compile task panicked")
+        .map_err(|err| LoadError::Invalid {
+            file: file.clone(),
+            reason: format!("{err:#}"),
+        })?;
+    let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
+        file: file.clone(),
+        reason: format!("{err:#}"),
+    };
+    let instance_pre = runtime.linker().instantiate_pre(&component).map_err(wrong_world)?;
+    let pre = ControllerPre::new(instance_pre).map_err(wrong_world)?;
+
+    let mut store = runtime.new_store(Arc::from("(describe)"), Default::default());
+    runtime.arm_budget(&mut store);
+    let start = |stage: &'static str| {
+        let file = file.clone();
+        move |err: wasmtime::Error| LoadError::Start {
+            file,
+            stage,
+            reason: format!("{err:#}"),
+        }
+    };
+    let controller = pre
+        .instantiate_async(&mut store)
+        .await
+        .map_err(start("instantiation"))?;
+    runtime.arm_budget(&mut store);
+    let info = controller
+        .call_describe(&mut store)
+        .await
+        .map_err(start("describe()"))?;
+
+    let pattern = RoutePattern::parse(&info.route).map_err(|source| LoadError::Route {
+        file: file.clone(),
+        source,
+    })?;
+    if !valid_name(&info.name) {
+        return Err(LoadError::Name {
+            file,
+            name: info.name,
+        });
+    }
+    Ok(Module {
+        file: path.to_owned(),
+        pre,
+        pattern,
+        name: Arc::from(info.name),
+        is_granted: info.is_granted,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_name;
+
+    #[test]
+    fn route_names() {
+        assert!(valid_name("chat"));
+        assert!(valid_name("rooms-v2.beta_1"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("has space"));
+        assert!(!valid_name("slash/y"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+}
