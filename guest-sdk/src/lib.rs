@@ -261,7 +261,7 @@ pub fn log(level: LogLevel, message: &str) {
 /// Used by the code that `#[socket_route]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::bindings::Guest;
     pub use crate::bindings::__export as export;
+    pub use crate::bindings::Guest;
     pub use wit_bindgen;
 }

@@ -103,7 +103,7 @@ pub fn build_controllers(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 /// Runs cargo on one manifest and returns the `.wasm` artifacts it made.
-fn build_manifest(manifest: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub fn build_manifest(manifest: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut child = cargo()
         .args(["build", "--release", "--target", TARGET, "--workspace"])
         .arg("--manifest-path")
@@ -133,7 +133,10 @@ fn build_manifest(manifest: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     let status = child.wait().context("waiting for cargo")?;
     if !status.success() {
-        bail!("building {} for {TARGET} failed (see the compiler output above)", manifest.display());
+        bail!(
+            "building {} for {TARGET} failed (see the compiler output above)",
+            manifest.display()
+        );
     }
     Ok(artifacts)
 }

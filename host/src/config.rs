@@ -144,14 +144,20 @@ impl Config {
         let positive = [
             ("limits.max_message_bytes", l.max_message_bytes as u64),
             ("limits.max_frame_bytes", l.max_frame_bytes as u64),
-            ("limits.outbound_queue_messages", l.outbound_queue_messages as u64),
+            (
+                "limits.outbound_queue_messages",
+                l.outbound_queue_messages as u64,
+            ),
             ("limits.outbound_queue_bytes", l.outbound_queue_bytes as u64),
             ("limits.event_queue", l.event_queue as u64),
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
             ("limits.close_timeout_ms", l.close_timeout_ms),
             ("limits.read_buffer_bytes", l.read_buffer_bytes as u64),
             ("sandbox.event_budget_ms", self.sandbox.event_budget_ms),
-            ("sandbox.max_memory_bytes", self.sandbox.max_memory_bytes as u64),
+            (
+                "sandbox.max_memory_bytes",
+                self.sandbox.max_memory_bytes as u64,
+            ),
         ];
         for (key, value) in positive {
             anyhow::ensure!(value > 0, "`{key}` must be greater than 0");
@@ -242,11 +248,13 @@ mod tests {
         assert!(err.to_string().contains("limits.event_queue"), "{err}");
         let err = Config::from_toml("[limits]\nmax_frame_bytes = 4194304\n").unwrap_err();
         assert!(err.to_string().contains("limits.max_frame_bytes"), "{err}");
-        let err = Config::from_toml(
-            "[limits]\nmax_message_bytes = 8388608\nmax_frame_bytes = 1024\n",
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("limits.outbound_queue_bytes"), "{err}");
+        let err =
+            Config::from_toml("[limits]\nmax_message_bytes = 8388608\nmax_frame_bytes = 1024\n")
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("limits.outbound_queue_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

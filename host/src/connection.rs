@@ -152,7 +152,12 @@ impl ConnHandle {
         if self.closing.swap(true, Ordering::AcqRel) {
             return;
         }
-        warn!(conn = self.id, code = u16::from(code), reason, "closing connection");
+        warn!(
+            conn = self.id,
+            code = u16::from(code),
+            reason,
+            "closing connection"
+        );
         self.kill_with(close_frame(code, reason));
     }
 
@@ -306,7 +311,8 @@ pub async fn run(
     let mut writer_done = false;
     let mut deadline: Option<Instant> = None;
     loop {
-        let closing_deadline = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let closing_deadline =
+            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             frame = stream.next(), if reading => match frame {
                 Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {

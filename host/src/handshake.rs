@@ -88,7 +88,12 @@ pub async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> 
                     headers: parsed
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect(),
                     leftover: buf[len..].to_vec(),
                 };
@@ -151,7 +156,10 @@ pub fn check_upgrade(request: &Request) -> Result<String, Rejection> {
     if !request.header_has_token("Upgrade", "websocket") {
         return Err(Rejection::new(
             426,
-            format!("{} is a WebSocket endpoint: connect with a WebSocket client", request.path),
+            format!(
+                "{} is a WebSocket endpoint: connect with a WebSocket client",
+                request.path
+            ),
         )
         .with_header("Upgrade", "websocket")
         .with_header("Connection", "Upgrade, close")
@@ -182,7 +190,11 @@ pub async fn reject(stream: &mut TcpStream, rejection: &Rejection) -> std::io::R
         reason_phrase(rejection.status),
         body.len()
     );
-    if !rejection.headers.iter().any(|(name, _)| *name == "Connection") {
+    if !rejection
+        .headers
+        .iter()
+        .any(|(name, _)| *name == "Connection")
+    {
         head.push_str("Connection: close\r\n");
     }
     for (name, value) in &rejection.headers {

@@ -14,9 +14,9 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::switchyard::controller::{host, types};
 use crate::bindings::Message;
 use crate::bindings::switchyard::controller::types::{HostError, LogLevel};
+use crate::bindings::switchyard::controller::{host, types};
 use crate::connection::{ConnHandle, PushError};
 
 /// Open connections of one controller instance, by id. Ids grow with time,

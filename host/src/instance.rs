@@ -142,7 +142,8 @@ async fn instantiate_with_backoff(
 }
 
 async fn run(runtime: Arc<Runtime>, module: Arc<Module>, mut rx: mpsc::Receiver<Event>) {
-    let (store, controller) = instantiate_with_backoff(&runtime, &module, ConnTable::new(), 0).await;
+    let (store, controller) =
+        instantiate_with_backoff(&runtime, &module, ConnTable::new(), 0).await;
     let mut actor = Actor {
         runtime,
         module,
@@ -164,7 +165,10 @@ impl Actor {
             Event::Open { info, handle } => {
                 let id = info.id;
                 self.store.data_mut().conns.insert(id, handle);
-                let record = self.records.entry(id).or_insert_with(|| Connection::from(&*info));
+                let record = self
+                    .records
+                    .entry(id)
+                    .or_insert_with(|| Connection::from(&*info));
                 self.runtime.arm_budget(&mut self.store);
                 let result = self.controller.call_on_open(&mut self.store, record).await;
                 (id, result.map(|reply| self.reply(id, reply)))
@@ -175,7 +179,10 @@ impl Actor {
                     return;
                 };
                 self.runtime.arm_budget(&mut self.store);
-                let result = self.controller.call_on_message(&mut self.store, record, &msg).await;
+                let result = self
+                    .controller
+                    .call_on_message(&mut self.store, record, &msg)
+                    .await;
                 (id, result.map(|reply| self.reply(id, reply)))
             }
             Event::Error { id, code, message } => {
@@ -187,7 +194,10 @@ impl Actor {
                     message: message.clone(),
                 };
                 self.runtime.arm_budget(&mut self.store);
-                let result = self.controller.call_on_error(&mut self.store, record, &err).await;
+                let result = self
+                    .controller
+                    .call_on_error(&mut self.store, record, &err)
+                    .await;
                 let result = result.map(|reply| self.reply(id, reply));
                 if let Some(handle) = self.store.data().conns.get(&id) {
                     let _ = handle.close(code, &message);
@@ -201,7 +211,10 @@ impl Actor {
                 };
                 let info = CloseInfo { code, reason };
                 self.runtime.arm_budget(&mut self.store);
-                let result = self.controller.call_on_close(&mut self.store, &record, &info).await;
+                let result = self
+                    .controller
+                    .call_on_close(&mut self.store, &record, &info)
+                    .await;
                 (id, result)
             }
         };

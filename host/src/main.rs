@@ -7,7 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use switchyard::{Config, Server};
 
 #[derive(Parser)]
-#[command(version, about = "WebSocket application server with WebAssembly controllers")]
+#[command(
+    version,
+    about = "WebSocket application server with WebAssembly controllers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -114,6 +117,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

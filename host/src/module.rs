@@ -154,7 +154,10 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<Module, LoadErr
         file: file.clone(),
         reason: format!("{err:#}"),
     };
-    let instance_pre = runtime.linker().instantiate_pre(&component).map_err(wrong_world)?;
+    let instance_pre = runtime
+        .linker()
+        .instantiate_pre(&component)
+        .map_err(wrong_world)?;
     let pre = ControllerPre::new(instance_pre).map_err(wrong_world)?;
 
     let mut store = runtime.new_store(Arc::from("(describe)"), Default::default());

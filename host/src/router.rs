@@ -313,8 +313,14 @@ mod tests {
     #[test]
     fn captures_take_one_segment() {
         let rooms = p("/rooms/{room}");
-        assert_eq!(rooms.matches("/rooms/blue"), Some(params(&[("room", "blue")])));
-        assert_eq!(rooms.matches("/rooms/blue/"), Some(params(&[("room", "blue")])));
+        assert_eq!(
+            rooms.matches("/rooms/blue"),
+            Some(params(&[("room", "blue")]))
+        );
+        assert_eq!(
+            rooms.matches("/rooms/blue/"),
+            Some(params(&[("room", "blue")]))
+        );
         assert_eq!(rooms.matches("/rooms"), None);
         assert_eq!(rooms.matches("/rooms/"), None);
         assert_eq!(rooms.matches("/rooms/a/b"), None);
@@ -336,7 +342,10 @@ mod tests {
     #[test]
     fn catch_all_takes_the_rest() {
         let files = p("/files/{*path}");
-        assert_eq!(files.matches("/files/a/b/c.txt"), Some(params(&[("path", "a/b/c.txt")])));
+        assert_eq!(
+            files.matches("/files/a/b/c.txt"),
+            Some(params(&[("path", "a/b/c.txt")]))
+        );
         assert_eq!(files.matches("/files/a/"), Some(params(&[("path", "a")])));
         assert_eq!(files.matches("/files"), Some(params(&[("path", "")])));
         assert_eq!(files.matches("/other/a"), None);
@@ -390,7 +399,13 @@ mod tests {
     fn query_strings() {
         assert_eq!(
             parse_query("name=al+ice&x=%26&flag&=v&&name=2"),
-            params(&[("name", "al ice"), ("x", "&"), ("flag", ""), ("", "v"), ("name", "2")])
+            params(&[
+                ("name", "al ice"),
+                ("x", "&"),
+                ("flag", ""),
+                ("", "v"),
+                ("name", "2")
+            ])
         );
         assert!(parse_query("").is_empty());
     }

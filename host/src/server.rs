@@ -124,7 +124,8 @@ impl Server {
             .into_iter()
             .map(|module| {
                 let pattern = module.pattern.clone();
-                let handle = ControllerHandle::spawn(runtime.clone(), module, config.limits.event_queue);
+                let handle =
+                    ControllerHandle::spawn(runtime.clone(), module, config.limits.event_queue);
                 (pattern, handle)
             })
             .collect();
@@ -194,7 +195,10 @@ impl Server {
         tracker.close();
         let timeout = self.config.limits.shutdown_timeout();
         if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
-            warn!(timeout_ms = timeout.as_millis() as u64, "shutdown timeout: dropping remaining connections");
+            warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "shutdown timeout: dropping remaining connections"
+            );
         }
         Ok(())
     }
@@ -220,11 +224,17 @@ impl Accepted {
         let request = match request {
             Ok(Ok(request)) => request,
             Ok(Err(ReadError::TooLarge)) => {
-                let _ = handshake::reject(&mut stream, &Rejection::new(431, "request head too large")).await;
+                let _ =
+                    handshake::reject(&mut stream, &Rejection::new(431, "request head too large"))
+                        .await;
                 return;
             }
             Ok(Err(ReadError::Malformed(reason))) => {
-                let _ = handshake::reject(&mut stream, &Rejection::new(400, format!("malformed request: {reason}"))).await;
+                let _ = handshake::reject(
+                    &mut stream,
+                    &Rejection::new(400, format!("malformed request: {reason}")),
+                )
+                .await;
                 return;
             }
             Ok(Err(err)) => {
@@ -275,7 +285,13 @@ impl Accepted {
             .max_frame_size(Some(limits.max_frame_bytes))
             .write_buffer_size(0)
             .max_write_buffer_size(limits.outbound_queue_bytes + limits.max_message_bytes);
-        let ws = WebSocketStream::from_partially_read(stream, request.leftover, Role::Server, Some(ws_config)).await;
+        let ws = WebSocketStream::from_partially_read(
+            stream,
+            request.leftover,
+            Role::Server,
+            Some(ws_config),
+        )
+        .await;
         connection::run(ws, info, controller, limits, self.stopping).await;
     }
 }

@@ -39,7 +39,10 @@ impl RouteArgs {
         } else if meta.path.is_ident("name") {
             let name: LitStr = meta.value()?.parse()?;
             if name.value().trim().is_empty() {
-                return Err(syn::Error::new(name.span(), "the route name must not be empty"));
+                return Err(syn::Error::new(
+                    name.span(),
+                    "the route name must not be empty",
+                ));
             }
             self.name = Some(name);
         } else if meta.path.is_ident("is_granted") {
@@ -54,10 +57,14 @@ impl RouteArgs {
 
 fn roles(value: &Expr) -> syn::Result<Vec<LitStr>> {
     let single = |expr: &Expr| match expr {
-        Expr::Lit(ExprLit { lit: Lit::Str(role), .. }) if !role.value().is_empty() => {
-            Ok(role.clone())
-        }
-        other => Err(syn::Error::new(other.span(), "a role is a non-empty string literal")),
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(role),
+            ..
+        }) if !role.value().is_empty() => Ok(role.clone()),
+        other => Err(syn::Error::new(
+            other.span(),
+            "a role is a non-empty string literal",
+        )),
     };
     match value {
         Expr::Array(ExprArray { elems, .. }) => elems.iter().map(single).collect(),
@@ -68,7 +75,10 @@ fn roles(value: &Expr) -> syn::Result<Vec<LitStr>> {
 fn validate_route(route: &LitStr) -> syn::Result<()> {
     let pattern = route.value();
     if !pattern.starts_with('/') {
-        return Err(syn::Error::new(route.span(), "a route starts with `/`, e.g. \"/chat/\""));
+        return Err(syn::Error::new(
+            route.span(),
+            "a route starts with `/`, e.g. \"/chat/\"",
+        ));
     }
     let segments: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
     for (i, segment) in segments.iter().enumerate() {
@@ -109,7 +119,10 @@ fn expand(
     let mut route_args = RouteArgs::default();
     syn::meta::parser(|meta| route_args.parse(meta)).parse2(args)?;
     let item: ItemStruct = syn::parse2(item).map_err(|err| {
-        syn::Error::new(err.span(), "#[socket_route] goes on the controller's struct")
+        syn::Error::new(
+            err.span(),
+            "#[socket_route] goes on the controller's struct",
+        )
     })?;
     if !item.generics.params.is_empty() {
         return Err(syn::Error::new(

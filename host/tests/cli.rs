@@ -1,0 +1,101 @@
+//! The `switchyard` binary as a user runs it: the ready line, load errors
+//! naming the file, config errors naming the key.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn switchyard() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    cmd.env("NO_COLOR", "1").env("SWITCHYARD_LOG", "info");
+    cmd
+}
+
+#[test]
+fn serve_prints_the_address_and_reports_bad_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.wasm"), b"not wasm at all").unwrap();
+    let mut child = switchyard()
+        .args(["serve", "--listen", "127.0.0.1:0", "--controllers"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ws://")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+
+    // A path with no route gets 404 from the real binary.
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 404 "), "{response}");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("broken.wasm"), "{stderr}");
+    assert!(
+        stderr.contains("not a valid WebAssembly component"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.toml");
+    std::fs::write(&config, "[limits]\nmax_mesage_bytes = 10\n").unwrap();
+    let output = switchyard()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("max_mesage_bytes"), "{stderr}");
+    assert!(stderr.contains("switchyard.toml"), "{stderr}");
+
+    std::fs::write(&config, "[sandbox]\nevent_budget_ms = 0\n").unwrap();
+    let output = switchyard()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("sandbox.event_budget_ms"), "{stderr}");
+}
+
+#[test]
+fn missing_controllers_folder_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = switchyard()
+        .args(["serve", "--listen", "127.0.0.1:0", "--controllers"])
+        .arg(dir.path().join("nowhere"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nowhere"), "{stderr}");
+    assert!(stderr.contains("controllers folder"), "{stderr}");
+}

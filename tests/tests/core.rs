@@ -1,0 +1,230 @@
+//! The core slice end to end: the sample controllers over real sockets,
+//! routing, and module loading failures.
+
+use futures_util::SinkExt;
+use serde_json::json;
+use switchyard_tests::*;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+#[tokio::test]
+async fn echo_returns_text_and_binary_unchanged() {
+    let server = TestServer::start(&["echo"]).await;
+    let mut ws = server.connect("/echo").await;
+
+    send_text(&mut ws, "hello").await;
+    assert_eq!(recv_text(&mut ws).await, "hello");
+
+    let multibyte = "héllo wörld · 日本語 · 🚂🚃🚃";
+    send_text(&mut ws, multibyte).await;
+    assert_eq!(recv_text(&mut ws).await, multibyte);
+
+    let binary: Vec<u8> = (0..=255u8).collect();
+    ws.send(Message::binary(binary.clone())).await.unwrap();
+    assert_eq!(recv(&mut ws).await, Message::binary(binary));
+
+    send_text(&mut ws, "").await;
+    assert_eq!(recv_text(&mut ws).await, "");
+
+    // The largest message the default limit allows, both kinds.
+    let big: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(recv(&mut ws).await, Message::binary(big));
+    let big_text = "ü".repeat((1 << 20) / 2);
+    send_text(&mut ws, &big_text).await;
+    assert_eq!(recv_text(&mut ws).await, big_text);
+
+    // A trailing slash reaches the same route.
+    let mut other = server.connect("/echo/").await;
+    send_text(&mut other, "slash").await;
+    assert_eq!(recv_text(&mut other).await, "slash");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn echo_keeps_order_under_pipelining() {
+    let server = TestServer::start(&["echo"]).await;
+    let mut ws = server.connect("/echo").await;
+    for i in 0..500 {
+        ws.feed(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    for i in 0..500 {
+        assert_eq!(recv_text(&mut ws).await, format!("m{i}"));
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn chat_greets_fans_out_and_announces_leaves() {
+    let server = TestServer::start(&["chat", "echo"]).await;
+    let greeting = json!({"type": "system", "data": "Hello world!"});
+
+    let mut alice = server.connect("/chat/?name=alice").await;
+    assert_eq!(recv_json(&mut alice).await, greeting);
+
+    let mut bob = server.connect("/chat/?name=bob").await;
+    assert_eq!(recv_json(&mut bob).await, greeting);
+    assert_eq!(
+        recv_json(&mut alice).await,
+        json!({"type": "join", "user": "bob"})
+    );
+
+    // Without the trailing slash, and without a name.
+    let mut carol = server.connect("/chat").await;
+    assert_eq!(recv_json(&mut carol).await, greeting);
+    let carol_join = recv_json(&mut alice).await;
+    assert_eq!(carol_join["type"], "join");
+    let carol_name = carol_join["user"].as_str().unwrap().to_owned();
+    assert!(carol_name.starts_with("guest-"), "{carol_name}");
+    assert_eq!(recv_json(&mut bob).await, carol_join);
+
+    send_text(&mut alice, "hi all").await;
+    let from_alice = json!({"type": "message", "user": "alice", "data": "hi all"});
+    assert_eq!(recv_json(&mut bob).await, from_alice);
+    assert_eq!(recv_json(&mut carol).await, from_alice);
+
+    // Bob answers only after he got Alice's message, so if Alice had been
+    // sent her own message it would reach her before Bob's.
+    send_text(&mut bob, "hi alice").await;
+    let from_bob = json!({"type": "message", "user": "bob", "data": "hi alice"});
+    assert_eq!(recv_json(&mut alice).await, from_bob);
+    assert_eq!(recv_json(&mut carol).await, from_bob);
+
+    // Binary messages are forwarded unchanged.
+    carol.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(recv(&mut alice).await, Message::binary(vec![1, 2, 3]));
+    assert_eq!(recv(&mut bob).await, Message::binary(vec![1, 2, 3]));
+
+    // Carol's TCP connection drops without a close frame.
+    drop(carol);
+    let leave = json!({"type": "leave", "user": carol_name});
+    assert_eq!(recv_json(&mut alice).await, leave);
+    assert_eq!(recv_json(&mut bob).await, leave);
+
+    // Bob closes cleanly; the server answers his close, Alice is told once.
+    bob.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    let answer = expect_close(&mut bob).await;
+    assert_eq!(answer.code, CloseCode::Normal);
+    assert_eq!(
+        recv_json(&mut alice).await,
+        json!({"type": "leave", "user": "bob"})
+    );
+
+    // Each leave was announced exactly once: the next thing Alice hears is a
+    // newcomer's join.
+    let mut dave = server.connect("/chat/?name=dave").await;
+    assert_eq!(recv_json(&mut dave).await, greeting);
+    assert_eq!(
+        recv_json(&mut alice).await,
+        json!({"type": "join", "user": "dave"})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_paths_get_404_and_plain_http_gets_426() {
+    let server = TestServer::start(&["echo", "chat"]).await;
+    assert_eq!(server.refused_status("/nope").await, 404);
+    assert_eq!(server.refused_status("/echo/extra").await, 404);
+    assert_eq!(server.refused_status("/").await, 404);
+
+    let response = raw_http(server.addr, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 404 "), "{response}");
+    assert!(response.contains("no route for /nope"), "{response}");
+
+    let response = raw_http(server.addr, "GET /echo HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 426 "), "{response}");
+    assert!(response.contains("Upgrade: websocket"), "{response}");
+
+    let response = raw_http(server.addr, "this is not http\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+
+    let upgrade_without_key = "GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                               Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let response = raw_http(server.addr, upgrade_without_key).await;
+    assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+
+    // The routes still serve after all that.
+    let mut ws = server.connect("/echo").await;
+    send_text(&mut ws, "still here").await;
+    assert_eq!(recv_text(&mut ws).await, "still here");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_modules_are_rejected_and_good_ones_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("garbage.wasm"),
+        b"\0asm this is not a module",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("empty.wasm"), b"").unwrap();
+    std::fs::copy(module("wrong_world"), dir.path().join("wrong_world.wasm")).unwrap();
+    std::fs::copy(module("echo"), dir.path().join("echo.wasm")).unwrap();
+    std::fs::copy(module("chat"), dir.path().join("chat.wasm")).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"ignored: not a .wasm file").unwrap();
+    let server = TestServer::start_in(dir, Config::default()).await;
+
+    assert_eq!(server.rejected.len(), 3, "{:#?}", server.rejected);
+    let error_for = |file: &str| {
+        server
+            .rejected
+            .iter()
+            .find(|e| e.contains(file))
+            .unwrap_or_else(|| panic!("no error names {file}: {:#?}", server.rejected))
+            .clone()
+    };
+    assert!(error_for("garbage.wasm").contains("not a valid WebAssembly component"));
+    assert!(error_for("empty.wasm").contains("not a valid WebAssembly component"));
+    let wrong = error_for("wrong_world.wasm");
+    assert!(wrong.contains("does not implement the world"), "{wrong}");
+
+    let mut ws = server.connect("/echo").await;
+    send_text(&mut ws, "fine").await;
+    assert_eq!(recv_text(&mut ws).await, "fine");
+    let mut chat = server.connect("/chat/").await;
+    assert_eq!(recv_json(&mut chat).await["type"], "system");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn second_module_claiming_a_route_is_rejected_naming_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(module("echo"), dir.path().join("a-echo.wasm")).unwrap();
+    std::fs::copy(module("echo"), dir.path().join("b-echo-copy.wasm")).unwrap();
+    let server = TestServer::start_in(dir, Config::default()).await;
+
+    assert_eq!(server.rejected.len(), 1, "{:#?}", server.rejected);
+    let error = &server.rejected[0];
+    assert!(error.contains("b-echo-copy.wasm"), "{error}");
+    assert!(error.contains("a-echo.wasm"), "{error}");
+    assert!(error.contains("/echo"), "{error}");
+
+    let mut ws = server.connect("/echo").await;
+    send_text(&mut ws, "first one serves").await;
+    assert_eq!(recv_text(&mut ws).await, "first one serves");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_connection_with_1001() {
+    let server = TestServer::start(&["chat", "echo"]).await;
+    let mut alice = server.connect("/chat/?name=alice").await;
+    recv_json(&mut alice).await;
+    let mut echo = server.connect("/echo").await;
+    send_text(&mut echo, "x").await;
+    recv_text(&mut echo).await;
+
+    let stopping = tokio::spawn(server.stop());
+    assert_eq!(expect_close(&mut alice).await.code, CloseCode::Away);
+    assert_eq!(expect_close(&mut echo).await.code, CloseCode::Away);
+    stopping.await.unwrap();
+}
