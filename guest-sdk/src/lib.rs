@@ -74,6 +74,7 @@ pub use serde_json;
 pub use switchyard_sdk_macros::socket_route;
 
 #[doc(hidden)]
+#[allow(clippy::too_many_arguments)] // generated code
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",

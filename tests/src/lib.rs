@@ -33,6 +33,15 @@ pub fn module(name: &str) -> PathBuf {
     path
 }
 
+/// The default config, except that peers get 500 ms to answer a close
+/// frame: test clients that are not being read from never answer, and
+/// stopping the server waits for them.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.limits.close_timeout_ms = 500;
+    config
+}
+
 /// A server running in this process on a free port.
 pub struct TestServer {
     /// Where it listens.
@@ -48,7 +57,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server whose controllers folder holds the named test modules.
     pub async fn start(modules: &[&str]) -> TestServer {
-        Self::start_with(modules, Config::default()).await
+        Self::start_with(modules, test_config()).await
     }
 
     /// Like [`TestServer::start`] with a given config (its `listen` and

@@ -171,7 +171,7 @@ async fn bad_modules_are_rejected_and_good_ones_serve() {
     std::fs::copy(module("echo"), dir.path().join("echo.wasm")).unwrap();
     std::fs::copy(module("chat"), dir.path().join("chat.wasm")).unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"ignored: not a .wasm file").unwrap();
-    let server = TestServer::start_in(dir, Config::default()).await;
+    let server = TestServer::start_in(dir, test_config()).await;
 
     assert_eq!(server.rejected.len(), 3, "{:#?}", server.rejected);
     let error_for = |file: &str| {
@@ -200,7 +200,7 @@ async fn second_module_claiming_a_route_is_rejected_naming_both_files() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(module("echo"), dir.path().join("a-echo.wasm")).unwrap();
     std::fs::copy(module("echo"), dir.path().join("b-echo-copy.wasm")).unwrap();
-    let server = TestServer::start_in(dir, Config::default()).await;
+    let server = TestServer::start_in(dir, test_config()).await;
 
     assert_eq!(server.rejected.len(), 1, "{:#?}", server.rejected);
     let error = &server.rejected[0];

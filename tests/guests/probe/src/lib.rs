@@ -1,0 +1,94 @@
+//! A controller that records every event it sees and obeys commands, so
+//! tests can observe what the host calls and what host functions return.
+//!
+//! Text commands (anything else is echoed):
+//! - `events`: the recorded events, as a JSON array of strings like
+//!   `open 3`, `message 3`, `error 3 1009`, `close 3 1000`.
+//! - `whoami`: this connection's record as JSON.
+//! - `connections`: `host.connections()` as JSON.
+//! - `send <id> <text>`: `host.send`, answers `ok` or the error.
+//! - `sendn <id> <n>`: `host.send` of `n` bytes.
+//! - `broadcast <text>`: `host.broadcast` to everyone, answers the count.
+//! - `close <id> <code> <reason>`: `host.close`, answers `ok` or the error.
+//! - `log <text>`: `host.log` at info level; `print <text>`: println!.
+
+use switchyard_sdk::serde_json::json;
+use switchyard_sdk::{
+    CloseInfo, Connection, Controller, ErrorInfo, HostError, LogLevel, Message, socket_route,
+};
+
+#[socket_route(route = "/probe/{*rest}", name = "probe")]
+#[derive(Default)]
+struct Probe {
+    events: Vec<String>,
+}
+
+fn result<T: std::fmt::Debug>(r: Result<T, HostError>) -> Message {
+    match r {
+        Ok(value) => Message::text(format!("ok {value:?}")),
+        Err(err) => Message::text(format!("err {}", err.name())),
+    }
+}
+
+impl Controller for Probe {
+    fn on_open(&mut self, conn: &Connection) -> Option<Message> {
+        self.events.push(format!("open {}", conn.id));
+        None
+    }
+
+    fn on_message(&mut self, conn: &Connection, msg: Message) -> Option<Message> {
+        self.events.push(format!("message {}", conn.id));
+        let Some(text) = msg.as_text() else {
+            return Some(msg);
+        };
+        let (command, rest) = text.split_once(' ').unwrap_or((text, ""));
+        Some(match command {
+            "events" => Message::json(&self.events),
+            "whoami" => Message::json(&json!({
+                "id": conn.id,
+                "route": conn.route,
+                "path": conn.path,
+                "params": conn.params,
+                "query": conn.query,
+                "user": conn.user,
+                "roles": conn.roles,
+            })),
+            "connections" => Message::json(&switchyard_sdk::connections()),
+            "send" => {
+                let (id, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                result(switchyard_sdk::send(id.parse().unwrap_or(u64::MAX), &Message::text(text)))
+            }
+            "sendn" => {
+                let (id, n) = rest.split_once(' ').unwrap_or((rest, "0"));
+                let body = "x".repeat(n.parse().unwrap_or(0));
+                result(switchyard_sdk::send(id.parse().unwrap_or(u64::MAX), &Message::text(body)))
+            }
+            "broadcast" => result(switchyard_sdk::broadcast(&Message::text(rest), None)),
+            "close" => {
+                let mut parts = rest.splitn(3, ' ');
+                let id = parts.next().and_then(|p| p.parse().ok()).unwrap_or(u64::MAX);
+                let code = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                let reason = parts.next().unwrap_or("");
+                result(switchyard_sdk::close(id, code, reason))
+            }
+            "log" => {
+                switchyard_sdk::log(LogLevel::Info, rest);
+                Message::text("ok")
+            }
+            "print" => {
+                println!("{rest}");
+                Message::text("ok")
+            }
+            _ => msg,
+        })
+    }
+
+    fn on_close(&mut self, conn: &Connection, info: CloseInfo) {
+        self.events.push(format!("close {} {}", conn.id, info.code));
+    }
+
+    fn on_error(&mut self, conn: &Connection, err: ErrorInfo) -> Option<Message> {
+        self.events.push(format!("error {} {}", conn.id, err.code));
+        Some(Message::text(format!("error {}", err.code)))
+    }
+}

@@ -1,0 +1,295 @@
+//! What a controller sees and what host functions answer, observed through
+//! the `probe` test controller, including the host's handling of bad client
+//! input (1009, 1007, 1002) with `on-error` before `on-close`.
+
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use switchyard_tests::*;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+async fn ask(ws: &mut Ws, command: &str) -> String {
+    send_text(ws, command).await;
+    recv_text(ws).await
+}
+
+async fn whoami(ws: &mut Ws) -> Value {
+    serde_json::from_str(&ask(ws, "whoami").await).unwrap()
+}
+
+async fn events(ws: &mut Ws) -> Vec<String> {
+    serde_json::from_str(&ask(ws, "events").await).unwrap()
+}
+
+/// Polls the probe's event log until `done` holds (bounded by [`WAIT`]).
+async fn events_until(ws: &mut Ws, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = events(ws).await;
+        if done(&log) {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events never matched: {log:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn connection_record_carries_path_params_and_query() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut ws = server.connect("/probe/a/b%20c?x=1&name=al+ice&flag").await;
+    let me = whoami(&mut ws).await;
+    assert_eq!(me["route"], "probe");
+    assert_eq!(me["path"], "/probe/a/b%20c");
+    assert_eq!(me["params"], json!([["rest", "a/b c"]]));
+    assert_eq!(
+        me["query"],
+        json!([["x", "1"], ["name", "al ice"], ["flag", ""]])
+    );
+    assert_eq!(me["user"], Value::Null);
+    assert_eq!(me["roles"], json!([]));
+
+    let mut other = server.connect("/probe").await;
+    let them = whoami(&mut other).await;
+    assert_eq!(them["params"], json!([["rest", ""]]));
+    assert_ne!(them["id"], me["id"]);
+    let ids: Vec<u64> = serde_json::from_str(&ask(&mut ws, "connections").await).unwrap();
+    assert_eq!(
+        ids,
+        vec![me["id"].as_u64().unwrap(), them["id"].as_u64().unwrap()]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn host_functions_refuse_bad_input_with_error_values() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut ws = server.connect("/probe/").await;
+    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+
+    assert_eq!(
+        ask(&mut ws, "send 999999 hello").await,
+        "err unknown-connection"
+    );
+    assert_eq!(
+        ask(&mut ws, &"close 999999 1000 x").await,
+        "err unknown-connection"
+    );
+    for code in [0, 1005, 1006, 1015, 2000, 5000] {
+        let answer = ask(&mut ws, &format!("close {id} {code} x")).await;
+        assert_eq!(answer, "err invalid-close-code", "code {code}");
+    }
+    let too_big = (1 << 20) + 1;
+    assert_eq!(
+        ask(&mut ws, &format!("sendn {id} {too_big}")).await,
+        "err too-large"
+    );
+
+    // Sending to oneself works and arrives before the reply.
+    send_text(&mut ws, &format!("send {id} to myself")).await;
+    assert_eq!(recv_text(&mut ws).await, "to myself");
+    assert_eq!(recv_text(&mut ws).await, "ok ()");
+
+    let mut other = server.connect("/probe/").await;
+    send_text(&mut ws, "broadcast all").await;
+    assert_eq!(recv_text(&mut ws).await, "all");
+    assert_eq!(recv_text(&mut ws).await, "ok 2");
+    assert_eq!(recv_text(&mut other).await, "all");
+    // The instance is still healthy after every refusal.
+    assert_eq!(ask(&mut ws, "plain").await, "plain");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn controller_close_reaches_the_client_and_on_close_runs_once() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut watcher = server.connect("/probe/").await;
+    let mut ws = server.connect("/probe/").await;
+    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+
+    // The close frame follows what was queued before it; the reply of the
+    // handler that closed the connection comes too late and is dropped.
+    send_text(&mut ws, &format!("send {id} before closing")).await;
+    assert_eq!(recv_text(&mut ws).await, "before closing");
+    assert_eq!(recv_text(&mut ws).await, "ok ()");
+    send_text(&mut ws, &format!("close {id} 4000 done here")).await;
+    let frame = expect_close(&mut ws).await;
+    assert_eq!(u16::from(frame.code), 4000);
+    assert_eq!(frame.reason.as_str(), "done here");
+
+    let closed = format!("close {id} 4000");
+    let log = events_until(&mut watcher, |log| log.contains(&closed)).await;
+    assert_eq!(log.iter().filter(|e| **e == closed).count(), 1, "{log:?}");
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.starts_with(&format!("open {id}")))
+            .count(),
+        1
+    );
+
+    // Closing it again is refused: it is gone.
+    let answer = ask(&mut watcher, &format!("close {id} 1000 again")).await;
+    assert_eq!(answer, "err unknown-connection");
+    let answer = ask(&mut watcher, &format!("send {id} late")).await;
+    assert_eq!(answer, "err unknown-connection");
+    server.stop().await;
+}
+
+/// Sends a frame as-is, bypassing the client's own checks.
+async fn send_raw(ws: &mut Ws, frame: Frame) {
+    ws.send(Message::Frame(frame)).await.unwrap();
+}
+
+async fn assert_error_then_close(watcher: &mut Ws, ws: &mut Ws, id: u64, code: u16) {
+    let frame = expect_close(ws).await;
+    assert_eq!(u16::from(frame.code), code, "{frame:?}");
+    let error = format!("error {id} {code}");
+    let close = format!("close {id} {code}");
+    let log = events_until(watcher, |log| log.contains(&close)).await;
+    let error_at = log
+        .iter()
+        .position(|e| *e == error)
+        .unwrap_or_else(|| panic!("{log:?}"));
+    let close_at = log.iter().position(|e| *e == close).unwrap();
+    assert!(error_at < close_at, "{log:?}");
+    assert_eq!(
+        log.iter()
+            .filter(|e| e.starts_with(&format!("close {id} ")))
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn oversize_message_closes_with_1009_after_on_error() {
+    let mut config = test_config();
+    config.limits.max_message_bytes = 4096;
+    config.limits.max_frame_bytes = 4096;
+    let server = TestServer::start_with(&["probe"], config).await;
+    let mut watcher = server.connect("/probe/").await;
+    let mut ws = server.connect("/probe/").await;
+    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+
+    // Exactly at the limit is fine.
+    let at_limit = "y".repeat(4096);
+    assert_eq!(ask(&mut ws, &at_limit).await, at_limit);
+
+    ws.send(Message::text("z".repeat(4097))).await.unwrap();
+    assert_error_then_close(&mut watcher, &mut ws, id, 1009).await;
+    assert_eq!(ask(&mut watcher, "still fine").await, "still fine");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversize_fragmented_message_closes_with_1009() {
+    let mut config = test_config();
+    config.limits.max_message_bytes = 4096;
+    config.limits.max_frame_bytes = 1024;
+    let server = TestServer::start_with(&["probe"], config).await;
+    let mut watcher = server.connect("/probe/").await;
+    let mut ws = server.connect("/probe/").await;
+    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+
+    // Five 1000-byte fragments: each frame fits, the message does not.
+    let chunk = vec![b'f'; 1000];
+    send_raw(
+        &mut ws,
+        Frame::message(chunk.clone(), OpCode::Data(Data::Text), false),
+    )
+    .await;
+    for _ in 0..3 {
+        send_raw(
+            &mut ws,
+            Frame::message(chunk.clone(), OpCode::Data(Data::Continue), false),
+        )
+        .await;
+    }
+    send_raw(
+        &mut ws,
+        Frame::message(chunk, OpCode::Data(Data::Continue), true),
+    )
+    .await;
+    assert_error_then_close(&mut watcher, &mut ws, id, 1009).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_after_on_error() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut watcher = server.connect("/probe/").await;
+    let mut ws = server.connect("/probe/").await;
+    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+
+    let invalid = vec![b'o', b'k', 0xff, 0xfe];
+    send_raw(
+        &mut ws,
+        Frame::message(invalid, OpCode::Data(Data::Text), true),
+    )
+    .await;
+    assert_error_then_close(&mut watcher, &mut ws, id, 1007).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_1002_after_on_error() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut watcher = server.connect("/probe/").await;
+
+    // Reserved bit set.
+    let mut ws = server.connect("/probe/").await;
+    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    let mut frame = Frame::message(b"rsv".to_vec(), OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = true;
+    send_raw(&mut ws, frame).await;
+    assert_error_then_close(&mut watcher, &mut ws, id, 1002).await;
+
+    // Reserved opcode.
+    let mut ws = server.connect("/probe/").await;
+    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Reserved(3)),
+        ..FrameHeader::default()
+    };
+    send_raw(&mut ws, Frame::from_payload(header, b"x".to_vec().into())).await;
+    assert_error_then_close(&mut watcher, &mut ws, id, 1002).await;
+
+    // A continuation with nothing to continue.
+    let mut ws = server.connect("/probe/").await;
+    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    send_raw(
+        &mut ws,
+        Frame::message(b"c".to_vec(), OpCode::Data(Data::Continue), true),
+    )
+    .await;
+    assert_error_then_close(&mut watcher, &mut ws, id, 1002).await;
+
+    assert_eq!(ask(&mut watcher, "healthy").await, "healthy");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn peer_close_code_reaches_on_close() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut watcher = server.connect("/probe/").await;
+    let mut ws = server.connect("/probe/").await;
+    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: CloseCode::Library(4321),
+        reason: "custom".into(),
+    }))
+    .await
+    .unwrap();
+    let closed = format!("close {id} 4321");
+    events_until(&mut watcher, |log| log.contains(&closed)).await;
+
+    let mut dropped = server.connect("/probe/").await;
+    let id = whoami(&mut dropped).await["id"].as_u64().unwrap();
+    drop(dropped);
+    let closed = format!("close {id} 1006");
+    events_until(&mut watcher, |log| log.contains(&closed)).await;
+    server.stop().await;
+}
