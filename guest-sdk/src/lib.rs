@@ -259,6 +259,59 @@ pub fn log(level: LogLevel, message: &str) {
     wit_host::log(level, message)
 }
 
+/// The instance's key-value store, owned by the host.
+///
+/// What is stored here survives a trap in the controller and a hot reload of
+/// its module, unlike the fields of the controller struct, which start from
+/// `Default` in every new instance. Values are bytes; the `*_json` helpers
+/// store any serde value.
+///
+/// ```no_run
+/// use switchyard_sdk::state;
+///
+/// let visits: u64 = state::get_json("visits").unwrap_or(0);
+/// state::set_json("visits", &(visits + 1)).expect("store has room");
+/// ```
+pub mod state {
+    use super::{HostError, wit_host};
+
+    /// The value under `key`.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        wit_host::state_get(key)
+    }
+
+    /// Stores `value` under `key`. Fails with [`HostError::TooLarge`] when
+    /// the host's size caps would be exceeded; nothing changes then.
+    pub fn set(key: &str, value: &[u8]) -> Result<(), HostError> {
+        wit_host::state_set(key, value)
+    }
+
+    /// Removes `key`; returns whether it was there.
+    pub fn delete(key: &str) -> bool {
+        wit_host::state_delete(key)
+    }
+
+    /// Every key, sorted.
+    pub fn keys() -> Vec<String> {
+        wit_host::state_keys()
+    }
+
+    /// The value under `key` parsed as JSON; `None` when missing or when it
+    /// does not parse as `T`.
+    pub fn get_json<T: serde::de::DeserializeOwned>(key: &str) -> Option<T> {
+        get(key).and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    }
+
+    /// Stores `value` as JSON under `key`.
+    ///
+    /// # Panics
+    /// When `value`'s `Serialize` implementation fails.
+    pub fn set_json<T: serde::Serialize + ?Sized>(key: &str, value: &T) -> Result<(), HostError> {
+        let bytes = serde_json::to_vec(value).expect("value cannot be serialized as JSON");
+        set(key, &bytes)
+    }
+}
+
 /// Used by the code that `#[socket_route]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {

@@ -20,6 +20,8 @@ pub struct Config {
     /// The folder holding controller modules (`*.wasm`) and, for `build`
     /// and `up`, their source crates.
     pub controllers: PathBuf,
+    /// Watch the controllers folder and swap changed modules in live.
+    pub hot_reload: bool,
     /// Limits on clients and connections.
     pub limits: Limits,
     /// Limits on guest code.
@@ -31,6 +33,7 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             controllers: PathBuf::from("controllers"),
+            hot_reload: true,
             limits: Limits::default(),
             sandbox: Sandbox::default(),
         }
@@ -106,6 +109,10 @@ pub struct Sandbox {
     pub event_budget_ms: u64,
     /// Linear memory one instance may grow to, in bytes.
     pub max_memory_bytes: usize,
+    /// Largest value (with its key) in an instance's key-value store.
+    pub state_value_bytes: usize,
+    /// Total size of keys and values in an instance's key-value store.
+    pub state_total_bytes: usize,
 }
 
 impl Default for Sandbox {
@@ -113,6 +120,8 @@ impl Default for Sandbox {
         Sandbox {
             event_budget_ms: 500,
             max_memory_bytes: 64 << 20,
+            state_value_bytes: 64 << 10,
+            state_total_bytes: 16 << 20,
         }
     }
 }
@@ -174,6 +183,12 @@ impl Config {
              so that one largest message fits",
             l.outbound_queue_bytes,
             l.max_message_bytes
+        );
+        anyhow::ensure!(
+            self.sandbox.state_value_bytes <= self.sandbox.state_total_bytes,
+            "`sandbox.state_value_bytes` ({}) must not exceed `sandbox.state_total_bytes` ({})",
+            self.sandbox.state_value_bytes,
+            self.sandbox.state_total_bytes
         );
         Ok(())
     }

@@ -18,15 +18,25 @@ use crate::bindings::Message;
 use crate::bindings::switchyard::controller::types::{HostError, LogLevel};
 use crate::bindings::switchyard::controller::{host, types};
 use crate::connection::{ConnHandle, PushError};
+use crate::state::KvStore;
 
 /// Open connections of one controller instance, by id. Ids grow with time,
 /// so iteration order is connection order.
 pub type ConnTable = BTreeMap<u64, Arc<ConnHandle>>;
 
+/// What the host keeps for a controller across instances: moved from the
+/// old store to the new one after a trap or on a hot reload.
+pub struct HostOwned {
+    /// The controller's open connections.
+    pub conns: ConnTable,
+    /// The `host.state-*` key-value store.
+    pub kv: KvStore,
+}
+
 /// The data of an instance's store.
 pub struct HostState {
-    /// The controller's open connections; survives instance replacement.
-    pub conns: ConnTable,
+    /// Connections and key-value store; survive instance replacement.
+    pub owned: HostOwned,
     /// The route name, to tag logs.
     pub route: Arc<str>,
     /// Largest message a controller may send.
@@ -43,7 +53,7 @@ impl HostState {
     /// State for a fresh instance owning `conns`.
     pub fn new(
         route: Arc<str>,
-        conns: ConnTable,
+        owned: HostOwned,
         max_message_bytes: usize,
         limits: StoreLimits,
     ) -> Self {
@@ -56,7 +66,7 @@ impl HostState {
             .allow_ip_name_lookup(false)
             .build();
         HostState {
-            conns,
+            owned,
             route,
             max_message_bytes,
             ticks_left: 0,
@@ -95,7 +105,11 @@ impl host::Host for HostState {
         if msg.len() > self.max_message_bytes {
             return Err(HostError::TooLarge);
         }
-        let conn = self.conns.get(&to).ok_or(HostError::UnknownConnection)?;
+        let conn = self
+            .owned
+            .conns
+            .get(&to)
+            .ok_or(HostError::UnknownConnection)?;
         conn.push(msg.into_frame()).map_err(host_error)
     }
 
@@ -106,7 +120,7 @@ impl host::Host for HostState {
         // One frame; each recipient gets a reference-counted clone.
         let frame = msg.into_frame();
         let mut queued = 0;
-        for (id, conn) in &self.conns {
+        for (id, conn) in &self.owned.conns {
             if Some(*id) != except && conn.push(frame.clone()).is_ok() {
                 queued += 1;
             }
@@ -115,14 +129,18 @@ impl host::Host for HostState {
     }
 
     fn connections(&mut self) -> Vec<u64> {
-        self.conns.keys().copied().collect()
+        self.owned.conns.keys().copied().collect()
     }
 
     fn close(&mut self, conn: u64, code: u16, reason: String) -> Result<(), HostError> {
         if !close_code_allowed(code) {
             return Err(HostError::InvalidCloseCode);
         }
-        let handle = self.conns.get(&conn).ok_or(HostError::UnknownConnection)?;
+        let handle = self
+            .owned
+            .conns
+            .get(&conn)
+            .ok_or(HostError::UnknownConnection)?;
         handle.close(code, &reason).map_err(host_error)
     }
 
@@ -135,6 +153,25 @@ impl host::Host for HostState {
             LogLevel::Warn => tracing::warn!(target: "guest", route, "{message}"),
             LogLevel::Error => tracing::error!(target: "guest", route, "{message}"),
         }
+    }
+
+    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.owned.kv.get(&key).map(<[u8]>::to_vec)
+    }
+
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
+        self.owned
+            .kv
+            .set(key, value)
+            .map_err(|_| HostError::TooLarge)
+    }
+
+    fn state_delete(&mut self, key: String) -> bool {
+        self.owned.kv.delete(&key)
+    }
+
+    fn state_keys(&mut self) -> Vec<String> {
+        self.owned.kv.keys()
     }
 }
 

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{debug, error, info, warn};
@@ -20,7 +21,7 @@ use wasmtime::Store;
 
 use crate::bindings::{CloseInfo, Connection, Controller, ErrorInfo, Message};
 use crate::connection::{ConnHandle, ConnectionInfo};
-use crate::host_api::{ConnTable, HostState};
+use crate::host_api::{HostOwned, HostState};
 use crate::module::Module;
 use crate::runtime::Runtime;
 
@@ -58,12 +59,25 @@ pub enum Event {
         /// The close reason.
         reason: String,
     },
+    /// Hot reload: continue with an instance of `module`, keeping the
+    /// connections and key-value store. Answers whether it went live.
+    Swap {
+        /// The new version.
+        module: Arc<Module>,
+        /// Receives `Err` with the reason when the new version could not be
+        /// instantiated; the old one keeps serving then.
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// The module was removed: every connection gets `on-close`, then a
+    /// 1001 close frame. Later events are ignored.
+    Retire,
 }
 
 /// The address of a running controller instance.
 pub struct ControllerHandle {
     tx: mpsc::Sender<Event>,
-    module: Arc<Module>,
+    /// The version now serving; replaced by a successful swap.
+    module: ArcSwap<Module>,
 }
 
 impl ControllerHandle {
@@ -72,12 +86,35 @@ impl ControllerHandle {
     pub fn spawn(runtime: Arc<Runtime>, module: Arc<Module>, event_queue: usize) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(event_queue);
         tokio::spawn(run(runtime, module.clone(), rx));
-        Arc::new(ControllerHandle { tx, module })
+        Arc::new(ControllerHandle {
+            tx,
+            module: ArcSwap::new(module),
+        })
     }
 
-    /// The module this instance runs.
-    pub fn module(&self) -> &Arc<Module> {
-        &self.module
+    /// The module version this instance runs.
+    pub fn module(&self) -> Arc<Module> {
+        self.module.load_full()
+    }
+
+    /// Replaces the running version with `module` between two events.
+    /// Events already queued are handled by the new version, in order.
+    pub async fn swap(&self, module: Arc<Module>) -> Result<(), String> {
+        let (done, answer) = oneshot::channel();
+        let event = Event::Swap {
+            module: module.clone(),
+            done,
+        };
+        self.send(event)
+            .await
+            .map_err(|()| "the instance has stopped".to_owned())?;
+        let result = answer
+            .await
+            .unwrap_or_else(|_| Err("the instance has stopped".to_owned()));
+        if result.is_ok() {
+            self.module.store(module);
+        }
+        result
     }
 
     /// Queues an event, waiting while the queue is full (back-pressure on
@@ -97,13 +134,15 @@ struct Actor {
     records: HashMap<u64, Connection>,
     /// Traps since the last event that succeeded, for backoff.
     consecutive_failures: u32,
+    /// Set once the module is removed; events are ignored from then on.
+    retired: bool,
 }
 
 async fn instantiate(
     runtime: &Runtime,
     module: &Module,
 ) -> wasmtime::Result<(Store<HostState>, Controller)> {
-    let mut store = runtime.new_store(module.name.clone(), ConnTable::new());
+    let mut store = runtime.new_store(module.name.clone(), runtime.new_owned());
     runtime.arm_budget(&mut store);
     let controller = module.pre.instantiate_async(&mut store).await?;
     Ok((store, controller))
@@ -116,7 +155,7 @@ async fn instantiate(
 async fn instantiate_with_backoff(
     runtime: &Runtime,
     module: &Module,
-    conns: ConnTable,
+    owned: HostOwned,
     failures: u32,
 ) -> (Store<HostState>, Controller) {
     let mut attempt = failures;
@@ -129,7 +168,7 @@ async fn instantiate_with_backoff(
         }
         match instantiate(runtime, module).await {
             Ok((mut store, controller)) => {
-                store.data_mut().conns = conns;
+                store.data_mut().owned = owned;
                 return (store, controller);
             }
             Err(err) => {
@@ -142,8 +181,8 @@ async fn instantiate_with_backoff(
 }
 
 async fn run(runtime: Arc<Runtime>, module: Arc<Module>, mut rx: mpsc::Receiver<Event>) {
-    let (store, controller) =
-        instantiate_with_backoff(&runtime, &module, ConnTable::new(), 0).await;
+    let owned = runtime.new_owned();
+    let (store, controller) = instantiate_with_backoff(&runtime, &module, owned, 0).await;
     let mut actor = Actor {
         runtime,
         module,
@@ -151,6 +190,7 @@ async fn run(runtime: Arc<Runtime>, module: Arc<Module>, mut rx: mpsc::Receiver<
         controller,
         records: HashMap::new(),
         consecutive_failures: 0,
+        retired: false,
     };
     info!(route = %actor.module.name, file = %actor.module.file.display(), "controller instance started");
     while let Some(event) = rx.recv().await {
@@ -161,10 +201,24 @@ async fn run(runtime: Arc<Runtime>, module: Arc<Module>, mut rx: mpsc::Receiver<
 
 impl Actor {
     async fn handle(&mut self, event: Event) {
+        if self.retired {
+            if let Event::Open { handle, .. } = event {
+                handle.force_close(CloseCode::Away, "controller removed");
+            }
+            return;
+        }
         let (id, result) = match event {
+            Event::Swap { module, done } => {
+                let _ = done.send(self.swap(module).await);
+                return;
+            }
+            Event::Retire => {
+                self.retire().await;
+                return;
+            }
             Event::Open { info, handle } => {
                 let id = info.id;
-                self.store.data_mut().conns.insert(id, handle);
+                self.store.data_mut().owned.conns.insert(id, handle);
                 let record = self
                     .records
                     .entry(id)
@@ -199,13 +253,13 @@ impl Actor {
                     .call_on_error(&mut self.store, record, &err)
                     .await;
                 let result = result.map(|reply| self.reply(id, reply));
-                if let Some(handle) = self.store.data().conns.get(&id) {
+                if let Some(handle) = self.store.data().owned.conns.get(&id) {
                     let _ = handle.close(code, &message);
                 }
                 (id, result)
             }
             Event::Close { id, code, reason } => {
-                self.store.data_mut().conns.remove(&id);
+                self.store.data_mut().owned.conns.remove(&id);
                 let Some(record) = self.records.remove(&id) else {
                     return;
                 };
@@ -228,7 +282,7 @@ impl Actor {
     fn reply(&mut self, id: u64, reply: Option<Message>) {
         let Some(msg) = reply else { return };
         let state = self.store.data();
-        let Some(handle) = state.conns.get(&id) else {
+        let Some(handle) = state.owned.conns.get(&id) else {
             return;
         };
         if msg.len() > state.max_message_bytes {
@@ -251,18 +305,66 @@ impl Actor {
             .unwrap_or_else(|| "error".to_owned());
         error!(route = %self.module.name, conn = id, trap = %trap, error = %format!("{err:?}"),
             "controller failed; replacing its instance");
-        let conns = std::mem::take(&mut self.store.data_mut().conns);
-        if let Some(handle) = conns.get(&id) {
+        if let Some(handle) = self.store.data().owned.conns.get(&id) {
             handle.force_close(CloseCode::Error, "controller error");
         }
+        let owned = self.take_owned();
         let (store, controller) = instantiate_with_backoff(
             &self.runtime,
             &self.module,
-            conns,
+            owned,
             self.consecutive_failures,
         )
         .await;
         self.store = store;
         self.controller = controller;
+    }
+
+    /// Moves the host-owned state out of the current store.
+    fn take_owned(&mut self) -> HostOwned {
+        let empty = self.runtime.new_owned();
+        std::mem::replace(&mut self.store.data_mut().owned, empty)
+    }
+
+    /// Continues with an instance of `module`; on failure the current one
+    /// keeps serving.
+    async fn swap(&mut self, module: Arc<Module>) -> Result<(), String> {
+        let (mut store, controller) = instantiate(&self.runtime, &module)
+            .await
+            .map_err(|err| format!("instantiation failed: {err:#}"))?;
+        store.data_mut().owned = self.take_owned();
+        self.store = store;
+        self.controller = controller;
+        self.module = module;
+        self.consecutive_failures = 0;
+        Ok(())
+    }
+
+    /// Calls `on-close` for every connection, then closes each with 1001.
+    async fn retire(&mut self) {
+        self.retired = true;
+        let ids: Vec<u64> = self.store.data().owned.conns.keys().copied().collect();
+        for id in ids {
+            let Some(handle) = self.store.data_mut().owned.conns.remove(&id) else {
+                continue;
+            };
+            if let Some(record) = self.records.remove(&id) {
+                let info = CloseInfo {
+                    code: 1001,
+                    reason: "controller removed".to_owned(),
+                };
+                self.runtime.arm_budget(&mut self.store);
+                let result = self
+                    .controller
+                    .call_on_close(&mut self.store, &record, &info)
+                    .await;
+                if let Err(err) = result {
+                    // Keep going: every other connection still gets its on-close.
+                    self.recover(id, err).await;
+                }
+            }
+            let _ = handle.close(1001, "controller removed");
+        }
+        info!(route = %self.module.name, "controller retired");
     }
 }

@@ -21,12 +21,15 @@ mod handshake;
 mod host_api;
 mod instance;
 pub mod module;
+pub mod reload;
 pub mod router;
 mod runtime;
 mod server;
+mod state;
 
 pub use config::Config;
 pub use module::LoadError;
+pub use reload::ReloadEvent;
 pub use server::{RouteSummary, Server};
 
 /// Loads the controllers of `config` and serves clients from `listener`

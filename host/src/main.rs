@@ -22,7 +22,7 @@ enum Command {
     Serve(ServeArgs),
     /// Build every controller crate in the controllers folder to <name>.wasm.
     Build(BuildArgs),
-    /// Build the controllers, then serve them.
+    /// Build the controllers, serve them, and rebuild on source changes.
     Up(ServeArgs),
 }
 
@@ -133,6 +133,9 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => {
             let config = serve_config(&args)?;
             build(&config.controllers)?;
+            // Edits to a controller's sources rebuild it; the module watcher
+            // then swaps the new version in.
+            switchyard::reload::watch_sources(config.controllers.clone())?;
             runtime.block_on(serve(config))
         }
     }

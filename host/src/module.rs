@@ -135,13 +135,15 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Loads and checks the module at `path`.
-pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<Module, LoadError> {
+/// Loads and checks the module at `path`; returns it with the hash of the
+/// bytes it was built from.
+pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<(Module, String), LoadError> {
     let file = path.display().to_string();
     let bytes = tokio::fs::read(path).await.map_err(|err| LoadError::Read {
         file: file.clone(),
         reason: err.to_string(),
     })?;
+    let hash = crate::reload::content_hash(&bytes);
     let engine = runtime.engine().clone();
     let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
         .await
@@ -160,7 +162,7 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<Module, LoadErr
         .map_err(wrong_world)?;
     let pre = ControllerPre::new(instance_pre).map_err(wrong_world)?;
 
-    let mut store = runtime.new_store(Arc::from("(describe)"), Default::default());
+    let mut store = runtime.new_store(Arc::from("(describe)"), runtime.new_owned());
     runtime.arm_budget(&mut store);
     let start = |stage: &'static str| {
         let file = file.clone();
@@ -190,13 +192,14 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<Module, LoadErr
             name: info.name,
         });
     }
-    Ok(Module {
+    let module = Module {
         file: path.to_owned(),
         pre,
         pattern,
         name: Arc::from(info.name),
         is_granted: info.is_granted,
-    })
+    };
+    Ok((module, hash))
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
 
 use crate::bindings::Controller;
 use crate::config::Config;
-use crate::host_api::{ConnTable, HostState};
+use crate::host_api::{HostOwned, HostState};
+use crate::state::KvStore;
 
 /// Time between two epoch ticks: the granularity of the CPU budget.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -34,6 +35,8 @@ pub struct Runtime {
     budget_ticks: u64,
     max_memory_bytes: usize,
     max_message_bytes: usize,
+    state_value_bytes: usize,
+    state_total_bytes: usize,
 }
 
 impl Runtime {
@@ -68,6 +71,8 @@ impl Runtime {
             budget_ticks: config.sandbox.event_budget_ms.div_ceil(tick_ms).max(1),
             max_memory_bytes: config.sandbox.max_memory_bytes,
             max_message_bytes: config.limits.max_message_bytes,
+            state_value_bytes: config.sandbox.state_value_bytes,
+            state_total_bytes: config.sandbox.state_total_bytes,
         }))
     }
 
@@ -81,14 +86,22 @@ impl Runtime {
         &self.linker
     }
 
-    /// A store for one instance of the controller `route`, owning `conns`,
+    /// Empty host-owned state for a new controller.
+    pub fn new_owned(&self) -> HostOwned {
+        HostOwned {
+            conns: Default::default(),
+            kv: KvStore::new(self.state_value_bytes, self.state_total_bytes),
+        }
+    }
+
+    /// A store for one instance of the controller `route`, owning `owned`,
     /// with the memory cap and CPU budget applied.
-    pub fn new_store(&self, route: Arc<str>, conns: ConnTable) -> Store<HostState> {
+    pub fn new_store(&self, route: Arc<str>, owned: HostOwned) -> Store<HostState> {
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.max_memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState::new(route, conns, self.max_message_bytes, limits);
+        let state = HostState::new(route, owned, self.max_message_bytes, limits);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut ctx| {

@@ -2,8 +2,9 @@
 //! accept loop.
 //!
 //! [`Server::new`] loads every `*.wasm` in the controllers folder (a module
-//! that fails any check is reported in [`Server::rejected`] and skipped) and
-//! starts one shared instance per route. [`Server::serve`] accepts TCP
+//! that fails any check is reported in [`Server::rejected`] and skipped),
+//! starts one shared instance per route and, with hot reload on, watches the
+//! folder (see [`crate::reload`]). [`Server::serve`] accepts TCP
 //! connections until the shutdown future resolves, routes each upgrade
 //! request, and hands accepted sockets to [`crate::connection::run`]. On
 //! shutdown every connection is closed with 1001, so each controller sees
@@ -17,6 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
@@ -26,9 +29,9 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::connection::{self, ConnectionInfo};
 use crate::handshake::{self, ReadError, Rejection};
-use crate::instance::ControllerHandle;
-use crate::module::{self, LoadError, Module};
-use crate::router::{RouteTable, parse_query};
+use crate::module::LoadError;
+use crate::reload::{self, Registry, ReloadEvent, Routes};
+use crate::router::parse_query;
 use crate::runtime::Runtime;
 
 /// A route as the server serves it.
@@ -44,12 +47,16 @@ pub struct RouteSummary {
     pub file: PathBuf,
 }
 
-type Routes = RouteTable<Arc<ControllerHandle>>;
-
 /// A server with its controllers loaded, ready to serve.
 pub struct Server {
     config: Arc<Config>,
     routes: Arc<ArcSwap<Routes>>,
+    registry: Registry,
+    /// The folder watcher and its changes, when hot reload is on.
+    watcher: Option<(
+        notify::RecommendedWatcher,
+        mpsc::UnboundedReceiver<(PathBuf, Instant)>,
+    )>,
     rejected: Vec<LoadError>,
 }
 
@@ -70,75 +77,53 @@ fn module_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Accepts `candidate` into `accepted` unless its route or name is taken.
-fn admit(accepted: &[Arc<Module>], candidate: &Module) -> Result<(), LoadError> {
-    for other in accepted {
-        if other.pattern.conflicts_with(&candidate.pattern) {
-            return Err(LoadError::RouteTaken {
-                file: candidate.file_name(),
-                route: candidate.pattern.to_string(),
-                other: other.file_name(),
-                other_route: other.pattern.to_string(),
-            });
-        }
-        if other.name == candidate.name {
-            return Err(LoadError::NameTaken {
-                file: candidate.file_name(),
-                name: candidate.name.to_string(),
-                other: other.file_name(),
-            });
-        }
-    }
-    Ok(())
-}
-
 impl Server {
     /// Loads the controllers of `config.controllers` and starts their
     /// instances. Fails only when the folder cannot be read or the engine
     /// cannot start; bad modules are reported by [`Server::rejected`].
+    /// With `config.hot_reload`, the folder is watched from now on.
     pub async fn new(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
         let runtime = Runtime::new(&config)?;
-        let mut accepted: Vec<Arc<Module>> = Vec::new();
+        // Watch before the first scan so no change slips between the two.
+        let watcher = if config.hot_reload {
+            Some(reload::watch_modules(&config.controllers).with_context(|| {
+                format!(
+                    "cannot watch the controllers folder {}",
+                    config.controllers.display()
+                )
+            })?)
+        } else {
+            None
+        };
+        let mut registry = Registry::new(runtime, config.limits.event_queue);
         let mut rejected = Vec::new();
         for file in module_files(&config.controllers)? {
-            let loaded = module::load(&runtime, &file)
-                .await
-                .and_then(|m| admit(&accepted, &m).map(|()| m));
-            match loaded {
-                Ok(module) => {
-                    info!(route = %module.name, pattern = %module.pattern, file = %file.display(),
-                        "controller loaded");
-                    accepted.push(Arc::new(module));
-                }
-                Err(err) => {
-                    error!("{err}");
-                    rejected.push(err);
-                }
+            if let Err(err) = registry.add_initial(&file).await {
+                error!("{err}");
+                rejected.push(err);
             }
         }
-        if accepted.is_empty() {
+        if registry.routes().load().routes().next().is_none() {
             warn!(dir = %config.controllers.display(), "no controller loaded: every path will get 404");
         }
-        let table = accepted
-            .into_iter()
-            .map(|module| {
-                let pattern = module.pattern.clone();
-                let handle =
-                    ControllerHandle::spawn(runtime.clone(), module, config.limits.event_queue);
-                (pattern, handle)
-            })
-            .collect();
         Ok(Server {
             config: Arc::new(config),
-            routes: Arc::new(ArcSwap::from_pointee(RouteTable::new(table))),
+            routes: registry.routes().clone(),
+            registry,
+            watcher,
             rejected,
         })
     }
 
-    /// The modules that were not loaded, and why.
+    /// The modules that were not loaded at start, and why.
     pub fn rejected(&self) -> &[LoadError] {
         &self.rejected
+    }
+
+    /// Hot-reload outcomes from now on.
+    pub fn reload_events(&self) -> tokio::sync::broadcast::Receiver<ReloadEvent> {
+        self.registry.subscribe()
     }
 
     /// The routes being served.
@@ -146,11 +131,14 @@ impl Server {
         self.routes
             .load()
             .routes()
-            .map(|(pattern, handle)| RouteSummary {
-                name: handle.module().name.to_string(),
-                pattern: pattern.to_string(),
-                is_granted: handle.module().is_granted.clone(),
-                file: handle.module().file.clone(),
+            .map(|(pattern, handle)| {
+                let module = handle.module();
+                RouteSummary {
+                    name: module.name.to_string(),
+                    pattern: pattern.to_string(),
+                    is_granted: module.is_granted.clone(),
+                    file: module.file.clone(),
+                }
             })
             .collect()
     }
@@ -165,6 +153,18 @@ impl Server {
     ) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
         let stopping = CancellationToken::new();
+        let Server {
+            config,
+            routes,
+            registry,
+            watcher,
+            ..
+        } = self;
+        // The reload task ends when the watcher (and so its sender) is dropped.
+        let _watcher = watcher.map(|(watcher, changes)| {
+            tokio::spawn(reload::run(registry, changes));
+            watcher
+        });
         let next_id = Arc::new(AtomicU64::new(1));
         tokio::pin!(shutdown);
         loop {
@@ -173,8 +173,8 @@ impl Server {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let conn = Accepted {
-                            config: self.config.clone(),
-                            routes: self.routes.clone(),
+                            config: config.clone(),
+                            routes: routes.clone(),
                             next_id: next_id.clone(),
                             stopping: stopping.clone(),
                             peer,
@@ -193,7 +193,7 @@ impl Server {
         info!("shutting down: closing connections");
         stopping.cancel();
         tracker.close();
-        let timeout = self.config.limits.shutdown_timeout();
+        let timeout = config.limits.shutdown_timeout();
         if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
             warn!(
                 timeout_ms = timeout.as_millis() as u64,

@@ -1,0 +1,373 @@
+//! Hot reload: the live set of controller modules and the watcher that
+//! changes it under running connections.
+//!
+//! A [`Registry`] holds one entry per module file that went live: its
+//! content hash and the [`ControllerHandle`] of its instance. The watcher
+//! feeds changed `*.wasm` paths in; after ~100 ms without further changes
+//! each path is applied: a new or changed file is loaded and checked (off the
+//! async threads for compilation) and, only if every check passes, swapped
+//! into the running instance between two events, or started as a new route;
+//! a deleted file retires its route. The routing table is then rebuilt and
+//! swapped whole. Every outcome is logged and published as a
+//! [`ReloadEvent`].
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::instance::ControllerHandle;
+use crate::module::{self, LoadError, Module};
+use crate::router::RouteTable;
+use crate::runtime::Runtime;
+
+/// Quiet time after the last change to a file before it is applied.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// The routing table the server serves from.
+pub type Routes = RouteTable<Arc<ControllerHandle>>;
+
+/// What happened to a module file.
+#[derive(Debug, Clone)]
+pub enum ReloadEvent {
+    /// A new or changed module is live.
+    Live {
+        /// The module file.
+        file: PathBuf,
+        /// Its route name.
+        route: String,
+        /// The hash of the version it replaced, if it replaced one.
+        old_hash: Option<String>,
+        /// The hash of the version now serving.
+        new_hash: String,
+        /// From the first change seen to live.
+        elapsed: Duration,
+    },
+    /// A module failed a check; the running version (if any) keeps serving.
+    Rejected {
+        /// The module file.
+        file: PathBuf,
+        /// Why, naming the file.
+        error: String,
+    },
+    /// A deleted module's route was retired.
+    Retired {
+        /// The module file.
+        file: PathBuf,
+        /// Its route name.
+        route: String,
+    },
+}
+
+/// A hex digest of a module's bytes, for logs and to skip no-op changes.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(bytes);
+    format!("{:016x}", hasher.finish())
+}
+
+struct Entry {
+    file: PathBuf,
+    hash: String,
+    handle: Arc<ControllerHandle>,
+}
+
+/// The live modules, by file, and the routing table built from them.
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    event_queue: usize,
+    entries: Vec<Entry>,
+    routes: Arc<ArcSwap<Routes>>,
+    events: broadcast::Sender<ReloadEvent>,
+}
+
+impl Registry {
+    /// An empty registry publishing to `routes`.
+    pub fn new(runtime: Arc<Runtime>, event_queue: usize) -> Self {
+        Registry {
+            runtime,
+            event_queue,
+            entries: Vec::new(),
+            routes: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
+            events: broadcast::channel(256).0,
+        }
+    }
+
+    /// The routing table, shared with the accept loop.
+    pub fn routes(&self) -> &Arc<ArcSwap<Routes>> {
+        &self.routes
+    }
+
+    /// Reload outcomes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ReloadEvent> {
+        self.events.subscribe()
+    }
+
+    fn publish_routes(&self) {
+        let table = self
+            .entries
+            .iter()
+            .map(|entry| (entry.handle.module().pattern.clone(), entry.handle.clone()))
+            .collect();
+        self.routes.store(Arc::new(RouteTable::new(table)));
+    }
+
+    /// Checks `candidate` against every live module except the one loaded
+    /// from the same file (which it would replace).
+    fn admit(&self, candidate: &Module) -> Result<(), LoadError> {
+        for entry in self.entries.iter().filter(|e| e.file != candidate.file) {
+            let other = entry.handle.module();
+            if other.pattern.conflicts_with(&candidate.pattern) {
+                return Err(LoadError::RouteTaken {
+                    file: candidate.file_name(),
+                    route: candidate.pattern.to_string(),
+                    other: other.file_name(),
+                    other_route: other.pattern.to_string(),
+                });
+            }
+            if other.name == candidate.name {
+                return Err(LoadError::NameTaken {
+                    file: candidate.file_name(),
+                    name: candidate.name.to_string(),
+                    other: other.file_name(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads `file` at start. Errors are returned for the startup report.
+    pub async fn add_initial(&mut self, file: &Path) -> Result<(), LoadError> {
+        let (module, hash) = self.load_checked(file).await?;
+        info!(route = %module.name, pattern = %module.pattern, file = %file.display(), hash = %hash,
+            "controller loaded");
+        let handle =
+            ControllerHandle::spawn(self.runtime.clone(), Arc::new(module), self.event_queue);
+        self.entries.push(Entry {
+            file: file.to_owned(),
+            hash,
+            handle,
+        });
+        self.publish_routes();
+        Ok(())
+    }
+
+    async fn load_checked(&self, file: &Path) -> Result<(Module, String), LoadError> {
+        let (module, hash) = module::load(&self.runtime, file).await?;
+        self.admit(&module)?;
+        Ok((module, hash))
+    }
+
+    /// Applies a change to `file` first seen at `since`.
+    pub async fn apply(&mut self, file: &Path, since: Instant) {
+        let index = self.entries.iter().position(|e| e.file == file);
+        if !file.exists() {
+            if let Some(index) = index {
+                let entry = self.entries.remove(index);
+                self.publish_routes();
+                let route = entry.handle.module().name.to_string();
+                let _ = entry.handle.send(crate::instance::Event::Retire).await;
+                info!(route = %route, file = %file.display(), hash = %entry.hash, "module removed: route retired");
+                let _ = self.events.send(ReloadEvent::Retired {
+                    file: file.to_owned(),
+                    route,
+                });
+            }
+            return;
+        }
+        let result = self.load_checked(file).await;
+        let (module, hash) = match result {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                if index.is_some() {
+                    error!("{err}; the running version keeps serving");
+                } else {
+                    error!("{err}");
+                }
+                let _ = self.events.send(ReloadEvent::Rejected {
+                    file: file.to_owned(),
+                    error: err.to_string(),
+                });
+                return;
+            }
+        };
+        let module = Arc::new(module);
+        let old_hash = match index {
+            Some(index) if self.entries[index].hash == hash => return, // same bytes
+            Some(index) => {
+                let entry = &mut self.entries[index];
+                if let Err(reason) = entry.handle.swap(module.clone()).await {
+                    let error = format!(
+                        "{}: {reason}; the running version keeps serving",
+                        file.display()
+                    );
+                    error!("{error}");
+                    let _ = self.events.send(ReloadEvent::Rejected {
+                        file: file.to_owned(),
+                        error,
+                    });
+                    return;
+                }
+                Some(std::mem::replace(&mut entry.hash, hash.clone()))
+            }
+            None => {
+                let handle =
+                    ControllerHandle::spawn(self.runtime.clone(), module.clone(), self.event_queue);
+                self.entries.push(Entry {
+                    file: file.to_owned(),
+                    hash: hash.clone(),
+                    handle,
+                });
+                None
+            }
+        };
+        self.publish_routes();
+        let elapsed = since.elapsed();
+        info!(route = %module.name, pattern = %module.pattern, file = %file.display(),
+            old_hash = old_hash.as_deref().unwrap_or("-"), new_hash = %hash,
+            ms = elapsed.as_secs_f64() * 1000.0, "module reloaded: new version live");
+        let _ = self.events.send(ReloadEvent::Live {
+            file: file.to_owned(),
+            route: module.name.to_string(),
+            old_hash,
+            new_hash: hash,
+            elapsed,
+        });
+    }
+}
+
+/// Whether a path is a module file (`*.wasm`, not hidden).
+fn is_module(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| ext == "wasm")
+        && !path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+}
+
+/// Watches `dir` for module changes. Keep the returned watcher alive; paths
+/// arrive on the receiver with the time they were seen.
+pub fn watch_modules(
+    dir: &Path,
+) -> anyhow::Result<(
+    notify::RecommendedWatcher,
+    mpsc::UnboundedReceiver<(PathBuf, Instant)>,
+)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) => {
+                let now = Instant::now();
+                for path in event.paths.into_iter().filter(|p| is_module(p)) {
+                    let _ = tx.send((path, now));
+                }
+            }
+            Err(err) => warn!(error = %err, "file watcher error"),
+        })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok((watcher, rx))
+}
+
+/// Applies changes from `changes` to `registry` until the sender is gone,
+/// each file once it has been quiet for [`DEBOUNCE`].
+pub async fn run(mut registry: Registry, mut changes: mpsc::UnboundedReceiver<(PathBuf, Instant)>) {
+    let mut pending: HashMap<PathBuf, (Instant, Instant)> = HashMap::new();
+    loop {
+        let next_due = pending.values().map(|(_, last)| *last + DEBOUNCE).min();
+        tokio::select! {
+            change = changes.recv() => match change {
+                Some((path, seen)) => {
+                    let entry = pending.entry(path).or_insert((seen, seen));
+                    entry.1 = seen;
+                }
+                None => return,
+            },
+            () = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
+                let now = Instant::now();
+                let due: Vec<PathBuf> = pending
+                    .iter()
+                    .filter(|(_, (_, last))| *last + DEBOUNCE <= now)
+                    .map(|(path, _)| path.clone())
+                    .collect();
+                for path in due {
+                    let (first, _) = pending.remove(&path).expect("pending path");
+                    registry.apply(&path, first).await;
+                }
+            }
+        }
+    }
+}
+
+/// `up` mode: rebuilds the controller crates under `dir` whenever one of
+/// their sources changes. Runs on its own thread; a failed build prints the
+/// compiler's errors and leaves the running modules alone.
+pub fn watch_sources(dir: PathBuf) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            for path in event.paths {
+                let _ = tx.send(path);
+            }
+        }
+    })?;
+    watcher.watch(&dir, RecursiveMode::Recursive)?;
+    let is_source = {
+        let dir = dir.clone();
+        move |path: &Path| {
+            let Ok(rel) = path.strip_prefix(&dir) else {
+                return false;
+            };
+            let in_target = rel.components().any(|c| c.as_os_str() == "target");
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            !in_target && (name.ends_with(".rs") || name == "Cargo.toml" || name.ends_with(".wit"))
+        }
+    };
+    std::thread::Builder::new()
+        .name("switchyard-sources".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            while let Ok(path) = rx.recv() {
+                if !is_source(&path) {
+                    continue;
+                }
+                // Let a burst of saves settle.
+                while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
+                info!(changed = %path.display(), "controller sources changed: rebuilding");
+                match crate::builder::build_controllers(&dir) {
+                    Ok(placed) => info!(modules = placed.len(), "rebuild done"),
+                    Err(err) => error!("{err:#}; the running modules keep serving"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_paths() {
+        assert!(is_module(Path::new("/c/chat.wasm")));
+        assert!(!is_module(Path::new("/c/.chat.wasm.tmp")));
+        assert!(!is_module(Path::new("/c/.chat.wasm")));
+        assert!(!is_module(Path::new("/c/chat.wasm.part")));
+        assert!(!is_module(Path::new("/c/Cargo.toml")));
+    }
+
+    #[test]
+    fn hashes_differ_by_content() {
+        assert_eq!(content_hash(b"abc"), content_hash(b"abc"));
+        assert_ne!(content_hash(b"abc"), content_hash(b"abd"));
+        assert_eq!(content_hash(b"").len(), 16);
+    }
+}
