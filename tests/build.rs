@@ -39,6 +39,10 @@ fn main() -> anyhow::Result<()> {
     ] {
         println!("cargo:rerun-if-changed={}", repo.join(dir).display());
     }
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("guests/tag.rs").display()
+    );
     let workspaces = [repo.join("controllers"), manifest_dir.join("guests")];
     builder::ensure_target()?;
     for workspace in &workspaces {

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub use switchyard::Config;
+pub use switchyard::{Config, ReloadEvent};
 
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -50,6 +50,8 @@ pub struct TestServer {
     pub rejected: Vec<String>,
     /// The controllers folder (a temporary directory).
     pub dir: tempfile::TempDir,
+    /// Hot-reload outcomes since the server started.
+    pub reloads: tokio::sync::broadcast::Receiver<ReloadEvent>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -79,6 +81,7 @@ impl TestServer {
             .await
             .expect("server starts");
         let rejected = server.rejected().iter().map(|e| e.to_string()).collect();
+        let reloads = server.reload_events();
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(server.serve(listener, async {
             let _ = rx.await;
@@ -87,6 +90,7 @@ impl TestServer {
             addr,
             rejected,
             dir,
+            reloads,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -116,6 +120,42 @@ impl TestServer {
                 response.status().as_u16()
             }
             Err(err) => panic!("unexpected error for {path}: {err}"),
+        }
+    }
+
+    /// The path of `name` in the controllers folder.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Waits for the next reload outcome about `file` (others are skipped).
+    pub async fn next_reload(&mut self, file: &str) -> ReloadEvent {
+        let path = self.file(file);
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let event = self.reloads.recv().await.expect("reload events");
+                let about = match &event {
+                    ReloadEvent::Live { file, .. }
+                    | ReloadEvent::Rejected { file, .. }
+                    | ReloadEvent::Retired { file, .. } => file,
+                };
+                if *about == path {
+                    return event;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no reload event for {file}"))
+    }
+
+    /// Waits until a change to `file` is live (skipping rejections of
+    /// half-written versions) and returns the event.
+    pub async fn until_live(&mut self, file: &str) -> ReloadEvent {
+        loop {
+            let event = self.next_reload(file).await;
+            if matches!(event, ReloadEvent::Live { .. }) {
+                return event;
+            }
         }
     }
 

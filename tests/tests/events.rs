@@ -76,7 +76,7 @@ async fn host_functions_refuse_bad_input_with_error_values() {
         "err unknown-connection"
     );
     assert_eq!(
-        ask(&mut ws, &"close 999999 1000 x").await,
+        ask(&mut ws, "close 999999 1000 x").await,
         "err unknown-connection"
     );
     for code in [0, 1005, 1006, 1015, 2000, 5000] {
