@@ -182,6 +182,13 @@ impl Registry {
             }
             return;
         }
+        // Editors and copies touch files without changing them: compare
+        // the bytes before compiling anything.
+        if let (Some(index), Ok(bytes)) = (index, std::fs::read(file))
+            && self.entries[index].hash == content_hash(&bytes)
+        {
+            return;
+        }
         let result = self.load_checked(file).await;
         let (module, hash) = match result {
             Ok(loaded) => loaded,
@@ -262,6 +269,8 @@ pub fn watch_modules(
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            // Reads (ours included) are not changes.
+            Ok(event) if event.kind.is_access() => {}
             Ok(event) => {
                 let now = Instant::now();
                 for path in event.paths.into_iter().filter(|p| is_module(p)) {
@@ -310,8 +319,10 @@ pub async fn run(mut registry: Registry, mut changes: mpsc::UnboundedReceiver<(P
 pub fn watch_sources(dir: PathBuf) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            for path in event.paths {
+        if let Ok(event) = event.as_ref()
+            && !event.kind.is_access()
+        {
+            for path in event.paths.iter().cloned() {
                 let _ = tx.send(path);
             }
         }
@@ -336,6 +347,7 @@ pub fn watch_sources(dir: PathBuf) -> anyhow::Result<()> {
         .spawn(move || {
             let _watcher = watcher;
             while let Ok(path) = rx.recv() {
+                tracing::debug!(path = %path.display(), "controller folder changed");
                 if !is_source(&path) {
                     continue;
                 }

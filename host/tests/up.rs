@@ -1,0 +1,146 @@
+//! `switchyard up` as a developer uses it: build, serve, and pick up an
+//! edit to a controller's source without a restart.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Builds can take a while on a cold machine.
+const BUILD_WAIT: Duration = Duration::from_secs(300);
+
+fn source(greeting: &str) -> String {
+    format!(
+        r#"use switchyard_sdk::{{socket_route, Connection, Controller, Message}};
+
+#[socket_route(route = "/greet", name = "greet")]
+#[derive(Default)]
+struct Greet;
+
+impl Controller for Greet {{
+    fn on_message(&mut self, _conn: &Connection, _msg: Message) -> Option<Message> {{
+        Some(Message::text("{greeting}"))
+    }}
+}}
+"#
+    )
+}
+
+fn write_crate(dir: &Path) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[workspace]\nresolver = \"2\"\nmembers = [\"greet\"]\n\n\
+         [profile.release]\nopt-level = \"s\"\nstrip = \"debuginfo\"\n",
+    )
+    .unwrap();
+    // Share the test guests' target folder: their dependencies are built.
+    std::fs::create_dir_all(dir.join(".cargo")).unwrap();
+    std::fs::write(
+        dir.join(".cargo/config.toml"),
+        format!(
+            "[build]\ntarget-dir = {:?}\n",
+            repo.join("tests/guests/target").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("greet/src")).unwrap();
+    std::fs::write(
+        dir.join("greet/Cargo.toml"),
+        format!(
+            "[package]\nname = \"greet\"\nedition = \"2024\"\nversion = \"0.0.0\"\npublish = false\n\n\
+             [lib]\ncrate-type = [\"cdylib\"]\n\n\
+             [dependencies]\nswitchyard-sdk = {{ path = {:?} }}\n",
+            repo.join("guest-sdk").display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("greet/src/lib.rs"), source("hello from v1")).unwrap();
+}
+
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Up {
+    /// Waits for a log line containing `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + BUILD_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line containing {needle:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn ask(url: &str) -> String {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("no reply")
+        .unwrap()
+        .unwrap();
+    reply.into_text().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn up_rebuilds_an_edited_controller_and_swaps_it_in() {
+    let dir = tempfile::tempdir().unwrap();
+    write_crate(dir.path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["up", "--listen", "127.0.0.1:0", "--controllers"])
+        .arg(dir.path())
+        .env("SWITCHYARD_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let up = Up { child, lines };
+    let ready = up.wait_for("listening on ws://");
+    let addr = ready
+        .trim()
+        .trim_start_matches("listening on ws://")
+        .to_owned();
+    let url = format!("ws://{addr}/greet");
+    assert_eq!(ask(&url).await, "hello from v1");
+
+    std::fs::write(dir.path().join("greet/src/lib.rs"), source("hello from v2")).unwrap();
+    up.wait_for("new version live");
+    assert_eq!(ask(&url).await, "hello from v2");
+
+    // A broken edit: the build fails, the running version keeps serving.
+    std::fs::write(dir.path().join("greet/src/lib.rs"), "this is not rust").unwrap();
+    up.wait_for("the running modules keep serving");
+    assert_eq!(ask(&url).await, "hello from v2");
+}
