@@ -258,14 +258,15 @@ fn is_module(path: &Path) -> bool {
             .is_some_and(|name| name.to_string_lossy().starts_with('.'))
 }
 
-/// Watches `dir` for module changes. Keep the returned watcher alive; paths
-/// arrive on the receiver with the time they were seen.
+/// A changed module path, when it was seen, and whether the change was
+/// atomic (renamed into place: the file is complete, no need to wait).
+pub type Change = (PathBuf, Instant, bool);
+
+/// Watches `dir` for module changes. Keep the returned watcher alive;
+/// changes arrive on the receiver.
 pub fn watch_modules(
     dir: &Path,
-) -> anyhow::Result<(
-    notify::RecommendedWatcher,
-    mpsc::UnboundedReceiver<(PathBuf, Instant)>,
-)> {
+) -> anyhow::Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<Change>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
@@ -273,8 +274,14 @@ pub fn watch_modules(
             Ok(event) if event.kind.is_access() => {}
             Ok(event) => {
                 let now = Instant::now();
+                let atomic = matches!(
+                    event.kind,
+                    notify::EventKind::Modify(notify::event::ModifyKind::Name(
+                        notify::event::RenameMode::To | notify::event::RenameMode::Both
+                    ))
+                );
                 for path in event.paths.into_iter().filter(|p| is_module(p)) {
-                    let _ = tx.send((path, now));
+                    let _ = tx.send((path, now, atomic));
                 }
             }
             Err(err) => warn!(error = %err, "file watcher error"),
@@ -283,17 +290,20 @@ pub fn watch_modules(
     Ok((watcher, rx))
 }
 
-/// Applies changes from `changes` to `registry` until the sender is gone,
-/// each file once it has been quiet for [`DEBOUNCE`].
-pub async fn run(mut registry: Registry, mut changes: mpsc::UnboundedReceiver<(PathBuf, Instant)>) {
+/// Applies changes from `changes` to `registry` until the sender is gone:
+/// a file written in place once it has been quiet for [`DEBOUNCE`], a file
+/// renamed into place (complete by construction) at once.
+pub async fn run(mut registry: Registry, mut changes: mpsc::UnboundedReceiver<Change>) {
+    // Path -> (first seen, due).
     let mut pending: HashMap<PathBuf, (Instant, Instant)> = HashMap::new();
     loop {
-        let next_due = pending.values().map(|(_, last)| *last + DEBOUNCE).min();
+        let next_due = pending.values().map(|(_, due)| *due).min();
         tokio::select! {
             change = changes.recv() => match change {
-                Some((path, seen)) => {
-                    let entry = pending.entry(path).or_insert((seen, seen));
-                    entry.1 = seen;
+                Some((path, seen, atomic)) => {
+                    let due = if atomic { seen } else { seen + DEBOUNCE };
+                    let entry = pending.entry(path).or_insert((seen, due));
+                    entry.1 = due;
                 }
                 None => return,
             },
@@ -301,7 +311,7 @@ pub async fn run(mut registry: Registry, mut changes: mpsc::UnboundedReceiver<(P
                 let now = Instant::now();
                 let due: Vec<PathBuf> = pending
                     .iter()
-                    .filter(|(_, (_, last))| *last + DEBOUNCE <= now)
+                    .filter(|(_, (_, due))| *due <= now)
                     .map(|(path, _)| path.clone())
                     .collect();
                 for path in due {

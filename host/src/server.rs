@@ -19,7 +19,6 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
@@ -55,7 +54,7 @@ pub struct Server {
     /// The folder watcher and its changes, when hot reload is on.
     watcher: Option<(
         notify::RecommendedWatcher,
-        mpsc::UnboundedReceiver<(PathBuf, Instant)>,
+        mpsc::UnboundedReceiver<reload::Change>,
     )>,
     rejected: Vec<LoadError>,
 }
