@@ -309,10 +309,12 @@ pub async fn run(
     let mut first_close: Option<(u16, String)> = None;
     let mut reading = true;
     let mut writer_done = false;
-    let mut deadline: Option<Instant> = None;
+    // Armed once the connection starts closing; created once, not per
+    // frame, so reading a message registers no timer.
+    let mut closing = false;
+    let close_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(close_timer);
     loop {
-        let closing_deadline =
-            deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             frame = stream.next(), if reading => match frame {
                 Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
@@ -339,7 +341,8 @@ pub async fn run(
                             let _ = controller.send(Event::Error { id, code, message }).await;
                             // The controller replies, then queues the close;
                             // give the writer until the deadline to send both.
-                            deadline = Some(Instant::now() + close_timeout);
+                            close_timer.as_mut().reset(Instant::now() + close_timeout);
+                            closing = true;
                         }
                         None => {
                             debug!(route = %route, conn = id, error = %err, "connection dropped");
@@ -357,7 +360,8 @@ pub async fn run(
                         if !reading {
                             break;
                         }
-                        deadline = Some(Instant::now() + close_timeout);
+                        close_timer.as_mut().reset(Instant::now() + close_timeout);
+                        closing = true;
                     }
                     Ok(WriterExit::Killed(frame)) => {
                         first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
@@ -366,7 +370,7 @@ pub async fn run(
                     Ok(WriterExit::Failed) | Err(_) => break,
                 }
             },
-            () = tokio::time::sleep_until(closing_deadline), if deadline.is_some() => break,
+            () = &mut close_timer, if closing => break,
             () = shutdown.cancelled(), if !handle.is_closing() => {
                 let _ = handle.close(1001, "server shutting down");
             }

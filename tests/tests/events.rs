@@ -293,3 +293,27 @@ async fn peer_close_code_reaches_on_close() {
     events_until(&mut watcher, |log| log.contains(&closed)).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_trapping_controller_closes_only_the_failing_connection() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut bystander = server.connect("/probe/").await;
+    let bystander_id = whoami(&mut bystander).await["id"].as_u64().unwrap();
+    let mut ws = server.connect("/probe/").await;
+
+    send_text(&mut ws, "panic").await;
+    assert_eq!(expect_close(&mut ws).await.code, CloseCode::Error);
+
+    // A fresh instance serves the other connection, which stayed open and
+    // is still in the host-owned connection table.
+    assert_eq!(
+        ask(&mut bystander, "after the trap").await,
+        "after the trap"
+    );
+    let ids: Vec<u64> = serde_json::from_str(&ask(&mut bystander, "connections").await).unwrap();
+    assert_eq!(ids, vec![bystander_id]);
+    // New connections are served too.
+    let mut late = server.connect("/probe/").await;
+    assert_eq!(ask(&mut late, "hello").await, "hello");
+    server.stop().await;
+}

@@ -11,6 +11,7 @@
 //! - `broadcast <text>`: `host.broadcast` to everyone, answers the count.
 //! - `close <id> <code> <reason>`: `host.close`, answers `ok` or the error.
 //! - `log <text>`: `host.log` at info level; `print <text>`: println!.
+//! - `panic`: panics, trapping the instance.
 
 use switchyard_sdk::serde_json::json;
 use switchyard_sdk::{
@@ -75,6 +76,7 @@ impl Controller for Probe {
                 switchyard_sdk::log(LogLevel::Info, rest);
                 Message::text("ok")
             }
+            "panic" => panic!("the probe was asked to panic"),
             "print" => {
                 println!("{rest}");
                 Message::text("ok")
