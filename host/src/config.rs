@@ -5,6 +5,7 @@
 //! values are errors that name the key; [`Config::validate`] checks the rules
 //! that span several keys. Paths in a file are relative to the file's folder.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,6 +27,18 @@ pub struct Config {
     pub limits: Limits,
     /// Limits on guest code.
     pub sandbox: Sandbox,
+    /// Settings for single routes, by route name (`[routes.chat]`); they
+    /// override what the controller declares and the global limits.
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+/// Settings for one route, found by its name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// Connections this route may hold at once (503 beyond); overrides
+    /// `limits.max_connections_per_route`. 0 means no limit.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for Config {
@@ -36,6 +49,7 @@ impl Default for Config {
             hot_reload: true,
             limits: Limits::default(),
             sandbox: Sandbox::default(),
+            routes: BTreeMap::new(),
         }
     }
 }
@@ -66,6 +80,20 @@ pub struct Limits {
     /// Capacity of each connection's read buffer. Small keeps idle
     /// connections cheap; it grows for large messages as needed.
     pub read_buffer_bytes: usize,
+    /// A connection that has received nothing for this long gets a ping
+    /// from the server. 0 turns pings off.
+    pub ping_interval_ms: u64,
+    /// A connection that has received nothing (not even a pong) for this
+    /// long is closed with 1001. 0 turns the idle timeout off.
+    pub idle_timeout_ms: u64,
+    /// Connections the server holds at once; beyond, upgrades get 503.
+    pub max_connections: usize,
+    /// Connections one route may hold at once (503 beyond); 0 means no
+    /// limit but the global one. `[routes.NAME] max_connections` overrides it.
+    pub max_connections_per_route: usize,
+    /// Connections one client IP address may hold at once (429 beyond);
+    /// 0 means no limit.
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -80,6 +108,11 @@ impl Default for Limits {
             close_timeout_ms: 5_000,
             shutdown_timeout_ms: 10_000,
             read_buffer_bytes: 4096,
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 75_000,
+            max_connections: 50_000,
+            max_connections_per_route: 0,
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -98,6 +131,16 @@ impl Limits {
     /// Time given to connections to close when the server shuts down.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// Quiet time before the server pings, if pings are on.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        (self.ping_interval_ms > 0).then(|| Duration::from_millis(self.ping_interval_ms))
+    }
+
+    /// Quiet time before the server closes a connection, if that is on.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_ms > 0).then(|| Duration::from_millis(self.idle_timeout_ms))
     }
 }
 
@@ -134,6 +177,16 @@ impl Config {
         Ok(config)
     }
 
+    /// The connection limit of route `name`, if it has one.
+    pub fn route_max_connections(&self, name: &str) -> Option<usize> {
+        let limit = self
+            .routes
+            .get(name)
+            .and_then(|route| route.max_connections)
+            .unwrap_or(self.limits.max_connections_per_route);
+        (limit > 0).then_some(limit)
+    }
+
     /// Reads a config file; relative paths in it are taken from its folder.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
@@ -162,6 +215,7 @@ impl Config {
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
             ("limits.close_timeout_ms", l.close_timeout_ms),
             ("limits.read_buffer_bytes", l.read_buffer_bytes as u64),
+            ("limits.max_connections", l.max_connections as u64),
             ("sandbox.event_budget_ms", self.sandbox.event_budget_ms),
             (
                 "sandbox.max_memory_bytes",
@@ -184,6 +238,15 @@ impl Config {
             l.outbound_queue_bytes,
             l.max_message_bytes
         );
+        if l.ping_interval_ms > 0 && l.idle_timeout_ms > 0 {
+            anyhow::ensure!(
+                l.idle_timeout_ms > l.ping_interval_ms,
+                "`limits.idle_timeout_ms` ({}) must be longer than `limits.ping_interval_ms` ({}) \
+                 so that a live client has time to answer a ping",
+                l.idle_timeout_ms,
+                l.ping_interval_ms
+            );
+        }
         anyhow::ensure!(
             self.sandbox.state_value_bytes <= self.sandbox.state_total_bytes,
             "`sandbox.state_value_bytes` ({}) must not exceed `sandbox.state_total_bytes` ({})",
@@ -269,6 +332,56 @@ mod tests {
         assert!(
             err.to_string().contains("limits.outbound_queue_bytes"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn route_sections_override_limits() {
+        let config = Config::from_toml(
+            r#"
+            [limits]
+            max_connections_per_route = 100
+            [routes.chat]
+            max_connections = 5
+            [routes.echo]
+            max_connections = 0
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.route_max_connections("chat"), Some(5));
+        assert_eq!(config.route_max_connections("echo"), None);
+        assert_eq!(config.route_max_connections("other"), Some(100));
+        assert_eq!(Config::default().route_max_connections("chat"), None);
+        let err = Config::from_toml(
+            "[routes.chat]
+max_conections = 5
+",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
+    }
+
+    #[test]
+    fn idle_timeout_must_exceed_ping_interval() {
+        let err = Config::from_toml(
+            "[limits]
+ping_interval_ms = 1000
+idle_timeout_ms = 1000
+",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("limits.idle_timeout_ms"), "{err}");
+        let config = Config::from_toml(
+            "[limits]
+ping_interval_ms = 0
+idle_timeout_ms = 500
+",
+        )
+        .unwrap();
+        assert_eq!(config.limits.ping_interval(), None);
+        assert_eq!(
+            config.limits.idle_timeout(),
+            Some(Duration::from_millis(500))
         );
     }
 

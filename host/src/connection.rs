@@ -256,6 +256,73 @@ async fn run_writer(
     }
 }
 
+/// Server pings and the idle timeout of one connection. Every frame
+/// received counts as a sign of life; one timer per connection checks, a few
+/// times per interval, whether a ping or the idle close is due.
+struct Keepalive {
+    ping: Option<Duration>,
+    idle: Option<Duration>,
+    check: tokio::time::Interval,
+    last_received: Instant,
+    last_ping: Instant,
+}
+
+/// What a keepalive check found due.
+enum Due {
+    Ping,
+    IdleClose,
+}
+
+impl Keepalive {
+    fn new(limits: &crate::config::Limits) -> Keepalive {
+        let (ping, idle) = (limits.ping_interval(), limits.idle_timeout());
+        // Checks at half the shorter period: a ping goes out at most half an
+        // interval late, an idle client is closed at most that much late.
+        let period = match (ping, idle) {
+            (Some(p), Some(i)) => p.min(i) / 2,
+            (Some(d), None) | (None, Some(d)) => d / 2,
+            (None, None) => Duration::from_secs(3600),
+        }
+        .max(Duration::from_millis(1));
+        let now = Instant::now();
+        let mut check = tokio::time::interval_at(now + period, period);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Keepalive {
+            ping,
+            idle,
+            check,
+            last_received: now,
+            last_ping: now,
+        }
+    }
+
+    fn is_on(&self) -> bool {
+        self.ping.is_some() || self.idle.is_some()
+    }
+
+    fn received(&mut self) {
+        self.last_received = Instant::now();
+    }
+
+    /// Waits for the next check at which something is due.
+    async fn tick(&mut self) -> Due {
+        loop {
+            let now = self.check.tick().await;
+            let quiet = now.saturating_duration_since(self.last_received);
+            if self.idle.is_some_and(|idle| quiet >= idle) {
+                return Due::IdleClose;
+            }
+            if let Some(ping) = self.ping
+                && quiet >= ping
+                && now.saturating_duration_since(self.last_ping) >= ping
+            {
+                self.last_ping = now;
+                return Due::Ping;
+            }
+        }
+    }
+}
+
 /// A problem on the read side and the close code it calls for.
 fn classify(err: &WsError) -> Option<(u16, String)> {
     match err {
@@ -314,9 +381,12 @@ pub async fn run(
     let mut closing = false;
     let close_timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(close_timer);
+    let mut keepalive = Keepalive::new(limits);
     loop {
         tokio::select! {
-            frame = stream.next(), if reading => match frame {
+            frame = stream.next(), if reading => {
+                keepalive.received();
+                match frame {
                 Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
                     if !handle.is_closing()
                         && controller.send(Event::Message { id, msg }).await.is_err()
@@ -331,7 +401,8 @@ pub async fn run(
                         None => (CLOSE_NO_STATUS, String::new()),
                     });
                 }
-                Some(Ok(_)) => {} // ping and pong are answered by tungstenite
+                // Pings are answered by tungstenite; pongs only prove life.
+                Some(Ok(_)) => {}
                 Some(Err(err)) => {
                     reading = false;
                     match classify(&err) {
@@ -351,6 +422,15 @@ pub async fn run(
                     }
                 }
                 None => break,
+            }},
+            due = keepalive.tick(), if keepalive.is_on() && !handle.is_closing() => match due {
+                Due::Ping => {
+                    let _ = handle.push(WsMessage::Ping(Default::default()));
+                }
+                Due::IdleClose => {
+                    debug!(route = %route, conn = id, "idle timeout");
+                    let _ = handle.close(1001, "idle timeout");
+                }
             },
             exit = &mut writer, if !writer_done => {
                 writer_done = true;

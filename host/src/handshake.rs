@@ -129,7 +129,8 @@ impl Rejection {
         }
     }
 
-    fn with_header(mut self, name: &'static str, value: &str) -> Self {
+    /// Adds a header to the answer.
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
         self.headers.push((name, value.to_owned()));
         self
     }
@@ -144,6 +145,7 @@ fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",

@@ -273,7 +273,13 @@ impl Actor {
             }
         };
         match result {
-            Ok(()) => self.consecutive_failures = 0,
+            Ok(()) => {
+                if self.consecutive_failures > 1 {
+                    info!(route = %self.module.name, failures = self.consecutive_failures,
+                        "route recovered: an event succeeded after repeated failures");
+                }
+                self.consecutive_failures = 0;
+            }
             Err(err) => self.recover(id, err).await,
         }
     }
@@ -302,7 +308,7 @@ impl Actor {
         let trap = err
             .downcast_ref::<wasmtime::Trap>()
             .map(|trap| trap.to_string())
-            .unwrap_or_else(|| "error".to_owned());
+            .unwrap_or_else(|| err.root_cause().to_string());
         error!(route = %self.module.name, conn = id, trap = %trap, error = %format!("{err:?}"),
             "controller failed; replacing its instance");
         if let Some(handle) = self.store.data().owned.conns.get(&id) {

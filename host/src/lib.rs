@@ -12,6 +12,7 @@
 
 #![deny(missing_docs)]
 
+mod admission;
 mod bindings;
 pub mod builder;
 pub mod config;

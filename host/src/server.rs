@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::connection::{self, ConnectionInfo};
 use crate::handshake::{self, ReadError, Rejection};
@@ -165,6 +166,7 @@ impl Server {
             watcher
         });
         let next_id = Arc::new(AtomicU64::new(1));
+        let admission = Admission::new(config.clone());
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -175,6 +177,7 @@ impl Server {
                             config: config.clone(),
                             routes: routes.clone(),
                             next_id: next_id.clone(),
+                            admission: admission.clone(),
                             stopping: stopping.clone(),
                             peer,
                         };
@@ -189,7 +192,10 @@ impl Server {
             }
         }
         drop(listener);
-        info!("shutting down: closing connections");
+        info!(
+            connections = admission.total(),
+            "shutting down: closing connections"
+        );
         stopping.cancel();
         tracker.close();
         let timeout = config.limits.shutdown_timeout();
@@ -208,6 +214,7 @@ struct Accepted {
     config: Arc<Config>,
     routes: Arc<ArcSwap<Routes>>,
     next_id: Arc<AtomicU64>,
+    admission: Arc<Admission>,
     stopping: CancellationToken,
     peer: std::net::SocketAddr,
 }
@@ -242,6 +249,13 @@ impl Accepted {
             }
             Err(_elapsed) => {
                 debug!(peer = %self.peer, "handshake timeout");
+                let rejection = Rejection::new(408, "the upgrade request did not arrive in time");
+                // The peer may not be reading; do not wait on it for long.
+                let _ = tokio::time::timeout(
+                    limits.close_timeout(),
+                    handshake::reject(&mut stream, &rejection),
+                )
+                .await;
                 return;
             }
         };
@@ -263,6 +277,15 @@ impl Accepted {
                 return;
             }
         };
+        let route = controller.module().name.clone();
+        let _permit = match self.admission.admit(&route, self.peer.ip()) {
+            Ok(permit) => permit,
+            Err(rejection) => {
+                info!(peer = %self.peer, route = %route, status = rejection.status, reason = %rejection.body, "connection refused");
+                let _ = handshake::reject(&mut stream, &rejection).await;
+                return;
+            }
+        };
         if let Err(err) = handshake::accept(&mut stream, &key).await {
             debug!(peer = %self.peer, error = %err, "upgrade failed");
             return;
@@ -270,7 +293,7 @@ impl Accepted {
 
         let info = ConnectionInfo {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            route: controller.module().name.clone(),
+            route,
             path: request.path.clone(),
             params,
             query: parse_query(&request.query),

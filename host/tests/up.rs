@@ -1,5 +1,5 @@
-//! `switchyard up` as a developer uses it: build, serve, and pick up an
-//! edit to a controller's source without a restart.
+//! `switchyard up` as a developer uses it: build, serve, pick up an edit to
+//! a controller's source without a restart, and stop cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -143,4 +143,28 @@ async fn up_rebuilds_an_edited_controller_and_swaps_it_in() {
     std::fs::write(dir.path().join("greet/src/lib.rs"), "this is not rust").unwrap();
     up.wait_for("the running modules keep serving");
     assert_eq!(ask(&url).await, "hello from v2");
+
+    // SIGTERM: the open client gets 1001, and the process exits with 0.
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    let mut up = up;
+    let status = Command::new("kill")
+        .args(["-TERM", &up.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let close = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("no close frame after SIGTERM")
+        .unwrap()
+        .unwrap();
+    match close {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    drop(ws);
+    up.wait_for("shutting down");
+    let exit = up.child.wait().unwrap();
+    assert!(exit.success(), "exit status after SIGTERM: {exit}");
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -242,4 +243,145 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
         .expect("no answer")
         .unwrap();
     String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The log output of every server in this test binary, captured from
+/// `tracing` at info level and above (guest output included).
+pub struct Logs {
+    text: Arc<Mutex<String>>,
+}
+
+/// An `io::Write` appending to the captured log.
+struct LogWriter(Arc<Mutex<String>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Starts capturing logs (once per test binary) and returns the capture.
+pub fn logs() -> &'static Logs {
+    static LOGS: OnceLock<Logs> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(sink.clone()))
+            .init();
+        Logs { text }
+    })
+}
+
+impl Logs {
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    /// Lines captured so far that contain every one of `parts`.
+    pub fn lines_with(&self, parts: &[&str]) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|line| parts.iter().all(|part| line.contains(part)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits (polling, bounded by [`WAIT`]) for a line containing every one
+    /// of `parts`, and returns it.
+    pub async fn wait_for(&self, parts: &[&str]) -> String {
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(line) = self.lines_with(parts).into_iter().next() {
+                    return line;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no log line with {parts:?}; log:\n{}", self.text()))
+    }
+}
+
+/// Opens a TCP connection and completes a WebSocket upgrade to `path` by
+/// hand, so a test can then read and write raw frames.
+pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // Read the 101 head byte by byte so no frame byte is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(WAIT, stream.read_u8())
+            .await
+            .expect("no upgrade answer")
+            .unwrap();
+        head.push(byte);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    stream
+}
+
+/// Reads one unmasked server frame: its opcode and payload.
+pub async fn read_raw_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).await.unwrap();
+    let opcode = head[0] & 0x0f;
+    let len = match head[1] & 0x7f {
+        126 => u64::from(stream.read_u16().await.unwrap()),
+        127 => stream.read_u64().await.unwrap(),
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    stream.read_exact(&mut payload).await.unwrap();
+    (opcode, payload)
+}
+
+/// Sends a text message and returns the text reply.
+pub async fn ask(ws: &mut Ws, command: &str) -> String {
+    send_text(ws, command).await;
+    recv_text(ws).await
+}
+
+/// The probe controller's record of this connection.
+pub async fn whoami(ws: &mut Ws) -> serde_json::Value {
+    serde_json::from_str(&ask(ws, "whoami").await).unwrap()
+}
+
+/// The probe controller's event log.
+pub async fn events(ws: &mut Ws) -> Vec<String> {
+    serde_json::from_str(&ask(ws, "events").await).unwrap()
+}
+
+/// Polls the probe's event log until `done` holds (bounded by [`WAIT`]).
+pub async fn events_until(ws: &mut Ws, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = events(ws).await;
+        if done(&log) {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events never matched: {log:?}"
+        );
+        tokio::task::yield_now().await;
+    }
 }

@@ -9,35 +9,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
-async fn ask(ws: &mut Ws, command: &str) -> String {
-    send_text(ws, command).await;
-    recv_text(ws).await
-}
-
-async fn whoami(ws: &mut Ws) -> Value {
-    serde_json::from_str(&ask(ws, "whoami").await).unwrap()
-}
-
-async fn events(ws: &mut Ws) -> Vec<String> {
-    serde_json::from_str(&ask(ws, "events").await).unwrap()
-}
-
-/// Polls the probe's event log until `done` holds (bounded by [`WAIT`]).
-async fn events_until(ws: &mut Ws, done: impl Fn(&[String]) -> bool) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let log = events(ws).await;
-        if done(&log) {
-            return log;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "events never matched: {log:?}"
-        );
-        tokio::task::yield_now().await;
-    }
-}
-
 #[tokio::test]
 async fn connection_record_carries_path_params_and_query() {
     let server = TestServer::start(&["probe"]).await;
@@ -315,5 +286,58 @@ async fn a_trapping_controller_closes_only_the_failing_connection() {
     // New connections are served too.
     let mut late = server.connect("/probe/").await;
     assert_eq!(ask(&mut late, "hello").await, "hello");
+    server.stop().await;
+}
+
+/// Writes raw bytes on an upgraded socket and expects the server's close
+/// frame with `code`, after `on-error` reported the same code.
+async fn raw_violation(server: &TestServer, watcher: &mut Ws, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let before = events(watcher).await.len();
+    let mut stream = raw_upgrade(server.addr, "/probe/").await;
+    stream.write_all(bytes).await.unwrap();
+    // The probe's on-error reply comes first, then the close frame.
+    let (opcode, payload) = tokio::time::timeout(WAIT, read_raw_frame(&mut stream))
+        .await
+        .expect("no reply");
+    assert_eq!((opcode, &payload[..]), (0x1, &b"error 1002"[..]));
+    let (opcode, payload) = tokio::time::timeout(WAIT, read_raw_frame(&mut stream))
+        .await
+        .expect("no close frame");
+    assert_eq!(opcode, 0x8, "expected a close frame, got {payload:?}");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1002);
+    let log = events_until(watcher, |log| {
+        log[before..].iter().any(|e| e.starts_with("close "))
+    })
+    .await;
+    let new: Vec<&String> = log[before..]
+        .iter()
+        .filter(|e| !e.starts_with("message "))
+        .collect();
+    assert_eq!(new.len(), 3, "{new:?}");
+    assert!(new[0].starts_with("open "), "{new:?}");
+    assert!(
+        new[1].starts_with("error ") && new[1].ends_with(" 1002"),
+        "{new:?}"
+    );
+    assert!(
+        new[2].starts_with("close ") && new[2].ends_with(" 1002"),
+        "{new:?}"
+    );
+}
+
+#[tokio::test]
+async fn unmasked_frames_and_fragmented_control_frames_close_with_1002() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut watcher = server.connect("/probe/").await;
+    // A client frame without a mask.
+    raw_violation(&server, &mut watcher, &[0x81, 0x02, b'h', b'i']).await;
+    // A ping without FIN: control frames must not be fragmented.
+    raw_violation(&server, &mut watcher, &[0x09, 0x81, 1, 2, 3, 4, b'p' ^ 1]).await;
+    // A control frame with a payload over 125 bytes.
+    let mut long_ping = vec![0x89, 0x80 | 126, 0, 126, 0, 0, 0, 0];
+    long_ping.extend(std::iter::repeat_n(b'p', 126));
+    raw_violation(&server, &mut watcher, &long_ping).await;
+    assert_eq!(ask(&mut watcher, "healthy").await, "healthy");
     server.stop().await;
 }

@@ -12,6 +12,8 @@
 //! - `close <id> <code> <reason>`: `host.close`, answers `ok` or the error.
 //! - `log <text>`: `host.log` at info level; `print <text>`: println!.
 //! - `panic`: panics, trapping the instance.
+//!
+//! Every `on-close` is also logged as `on-close <id> <code>`.
 
 use switchyard_sdk::serde_json::json;
 use switchyard_sdk::{
@@ -87,6 +89,8 @@ impl Controller for Probe {
 
     fn on_close(&mut self, conn: &Connection, info: CloseInfo) {
         self.events.push(format!("close {} {}", conn.id, info.code));
+        // Logged too, so a test can see on-close run after the server stops.
+        switchyard_sdk::log(LogLevel::Info, &format!("on-close {} {}", conn.id, info.code));
     }
 
     fn on_error(&mut self, conn: &Connection, err: ErrorInfo) -> Option<Message> {
