@@ -182,3 +182,15 @@ async fn a_module_whose_describe_traps_is_rejected_with_a_clear_error() {
     assert_eq!(ask(&mut echo, "served").await, "served");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn wasi_grants_nothing() {
+    let server = TestServer::start(&["fault"]).await;
+    let mut ws = server.connect("/fault").await;
+    send_text(&mut ws, "wasi").await;
+    assert_eq!(
+        recv_json(&mut ws).await,
+        serde_json::json!({"file": false, "dir": false, "tcp": false, "env": 0, "args": 0})
+    );
+    server.stop().await;
+}

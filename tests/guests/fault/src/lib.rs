@@ -11,6 +11,8 @@
 //!   answers with each host result as JSON.
 //! - `close-twice`: closes its own connection twice; answers nothing, but
 //!   logs both results (`close-twice: ok, closed`).
+//! - `wasi`: tries to reach outside the sandbox (files, environment,
+//!   arguments, network) and answers what it got, as JSON.
 //! - `fail-next <n>`: the next `n` events of this route, of any kind,
 //!   panic. The counter lives in the host key-value store, so it outlives
 //!   the instances it kills.
@@ -99,6 +101,20 @@ impl Controller for Fault {
                 let second = name(conn.close(1000, "second"));
                 switchyard_sdk::log(LogLevel::Info, &format!("close-twice: {first}, {second}"));
                 Some(Message::text("after close"))
+            }
+            "wasi" => {
+                let file = std::fs::read_to_string("/etc/hostname").map_err(|e| e.to_string());
+                let dir = std::fs::read_dir(".").map(|_| ()).map_err(|e| e.to_string());
+                let tcp = std::net::TcpStream::connect("127.0.0.1:80")
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                Some(Message::json(&switchyard_sdk::serde_json::json!({
+                    "file": file.is_ok(),
+                    "dir": dir.is_ok(),
+                    "tcp": tcp.is_ok(),
+                    "env": std::env::vars().count(),
+                    "args": std::env::args().count(),
+                })))
             }
             "fail-next" => {
                 let n: u32 = arg.parse().unwrap_or(1);
