@@ -27,6 +27,13 @@ pub struct Config {
     pub limits: Limits,
     /// Limits on guest code.
     pub sandbox: Sandbox,
+    /// Tokens: where they come from, how they are verified, how roles
+    /// are read.
+    pub auth: Auth,
+    /// Origins a browser may connect from, e.g. `https://app.example.com`.
+    /// Empty (the default) accepts any origin. A request without an
+    /// `Origin` header (not a browser) is never refused for its origin.
+    pub allowed_origins: Vec<String>,
     /// Settings for single routes, by route name (`[routes.chat]`); they
     /// override what the controller declares and the global limits.
     pub routes: BTreeMap<String, RouteConfig>,
@@ -39,6 +46,59 @@ pub struct RouteConfig {
     /// Connections this route may hold at once (503 beyond); overrides
     /// `limits.max_connections_per_route`. 0 means no limit.
     pub max_connections: Option<usize>,
+    /// Roles of which a client needs one; replaces the controller's own
+    /// `is_granted`. An empty list makes the route public.
+    pub is_granted: Option<Vec<String>>,
+}
+
+/// How clients prove who they are: JSON Web Tokens, checked at the upgrade.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Shared secret for HS256 tokens (at least 32 bytes); enables HS256.
+    pub hs256_secret: Option<String>,
+    /// Name of an environment variable holding the HS256 secret, to keep
+    /// it out of the file; enables HS256.
+    pub hs256_secret_env: Option<String>,
+    /// PEM file with an RSA public key; enables RS256.
+    pub rs256_public_key: Option<PathBuf>,
+    /// PEM file with a P-256 public key; enables ES256.
+    pub es256_public_key: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+    /// Claim holding the roles: a list of strings or one space-separated
+    /// string.
+    pub roles_claim: String,
+    /// Cookie read for a token when neither the `Authorization` header nor
+    /// the `access_token` query parameter has one. Unset: cookies are not read.
+    pub cookie: Option<String>,
+    /// Close a connection with 1008 when its token expires.
+    pub close_on_expiry: bool,
+    /// Roles that include other roles, e.g. `ROLE_ADMIN = ["ROLE_USER"]`.
+    /// Applied transitively before the route's roles are checked.
+    pub role_hierarchy: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            hs256_secret: None,
+            hs256_secret_env: None,
+            rs256_public_key: None,
+            es256_public_key: None,
+            issuer: None,
+            audience: None,
+            leeway_s: 30,
+            roles_claim: "roles".to_owned(),
+            cookie: None,
+            close_on_expiry: false,
+            role_hierarchy: BTreeMap::new(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -49,6 +109,8 @@ impl Default for Config {
             hot_reload: true,
             limits: Limits::default(),
             sandbox: Sandbox::default(),
+            auth: Auth::default(),
+            allowed_origins: Vec::new(),
             routes: BTreeMap::new(),
         }
     }
@@ -187,15 +249,31 @@ impl Config {
         (limit > 0).then_some(limit)
     }
 
+    /// The roles route `name` requires: the config's `is_granted` for it if
+    /// set, else what the controller declares.
+    pub fn route_is_granted<'a>(&'a self, name: &str, declared: &'a [String]) -> &'a [String] {
+        self.routes
+            .get(name)
+            .and_then(|route| route.is_granted.as_deref())
+            .unwrap_or(declared)
+    }
+
     /// Reads a config file; relative paths in it are taken from its folder.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|err| anyhow::anyhow!("cannot read config file {}: {err}", path.display()))?;
         let mut config = Config::from_toml(&text)
             .map_err(|err| anyhow::anyhow!("config file {}: {err}", path.display()))?;
-        if config.controllers.is_relative() {
-            let base = path.parent().unwrap_or(Path::new(""));
-            config.controllers = base.join(&config.controllers);
+        let base = path.parent().unwrap_or(Path::new(""));
+        let resolve = |file: &mut PathBuf| {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        };
+        resolve(&mut config.controllers);
+        let auth = &mut config.auth;
+        for key in [&mut auth.rs256_public_key, &mut auth.es256_public_key] {
+            key.iter_mut().for_each(resolve);
         }
         Ok(config)
     }
@@ -247,6 +325,17 @@ impl Config {
                 l.ping_interval_ms
             );
         }
+        if let Some(secret) = &self.auth.hs256_secret {
+            anyhow::ensure!(
+                secret.len() >= 32,
+                "`auth.hs256_secret` is {} bytes; use at least 32 random bytes",
+                secret.len()
+            );
+        }
+        anyhow::ensure!(
+            !self.auth.roles_claim.is_empty(),
+            "`auth.roles_claim` must not be empty"
+        );
         anyhow::ensure!(
             self.sandbox.state_value_bytes <= self.sandbox.state_total_bytes,
             "`sandbox.state_value_bytes` ({}) must not exceed `sandbox.state_total_bytes` ({})",

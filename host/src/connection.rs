@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -55,6 +55,9 @@ pub struct ConnectionInfo {
     pub user: Option<String>,
     /// The subject's roles.
     pub roles: Vec<String>,
+    /// When to close the connection because its token expired
+    /// (`auth.close_on_expiry`).
+    pub expires_at: Option<std::time::SystemTime>,
     /// The client's address, for logs.
     pub peer: std::net::SocketAddr,
 }
@@ -349,6 +352,7 @@ pub async fn run(
 ) {
     let id = info.id;
     let route = info.route.clone();
+    let expires_at = info.expires_at;
     let (sink, mut stream) = ws.split();
     let (tx, rx) = mpsc::channel(limits.outbound_queue_messages);
     let handle = Arc::new(ConnHandle {
@@ -382,6 +386,17 @@ pub async fn run(
     let close_timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(close_timer);
     let mut keepalive = Keepalive::new(limits);
+    let expiry = async move {
+        match expires_at {
+            Some(at) => {
+                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::time::sleep(left).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
+    let mut expired = false;
     loop {
         tokio::select! {
             frame = stream.next(), if reading => {
@@ -431,6 +446,11 @@ pub async fn run(
                     debug!(route = %route, conn = id, "idle timeout");
                     let _ = handle.close(1001, "idle timeout");
                 }
+            },
+            () = &mut expiry, if !expired && !handle.is_closing() => {
+                expired = true;
+                debug!(route = %route, conn = id, "token expired");
+                let _ = handle.close(1008, "token expired");
             },
             exit = &mut writer, if !writer_done => {
                 writer_done = true;

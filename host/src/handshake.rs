@@ -38,6 +38,14 @@ impl Request {
             .map(|(_, value)| value.as_str())
     }
 
+    /// Every header called `name` (case-insensitive), in order.
+    pub fn headers<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
     /// Whether the comma-separated header `name` lists `token`.
     fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod admission;
+pub mod auth;
 mod bindings;
 pub mod builder;
 pub mod config;

@@ -1,4 +1,4 @@
-//! The `switchyard` command line: `serve`, `build` and `up`.
+//! The `switchyard` command line: `serve`, `build`, `up` and `token`.
 
 use std::path::PathBuf;
 
@@ -24,6 +24,24 @@ enum Command {
     Build(BuildArgs),
     /// Build the controllers, serve them, and rebuild on source changes.
     Up(ServeArgs),
+    /// Print a development token signed with the configured HS256 secret.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The subject (`sub` claim): who the token speaks for.
+    #[arg(long)]
+    sub: String,
+    /// A role to grant; repeat for several.
+    #[arg(long = "role", value_name = "ROLE")]
+    roles: Vec<String>,
+    /// Lifetime, e.g. 90s, 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = switchyard::auth::parse_ttl)]
+    ttl: std::time::Duration,
+    /// Config file (default: ./switchyard.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -129,6 +147,12 @@ fn main() -> anyhow::Result<()> {
                 config.controllers = dir;
             }
             build(&config.controllers)
+        }
+        Command::Token(args) => {
+            let config = load_config(args.config.as_ref())?;
+            let token = switchyard::auth::mint(&config, &args.sub, &args.roles, args.ttl)?;
+            println!("{token}");
+            Ok(())
         }
         Command::Up(args) => {
             let config = serve_config(&args)?;

@@ -25,10 +25,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Permit};
+use crate::auth::{Guard, Principal};
 use crate::config::Config;
 use crate::connection::{self, ConnectionInfo};
-use crate::handshake::{self, ReadError, Rejection};
+use crate::handshake::{self, ReadError, Rejection, Request};
+use crate::instance::ControllerHandle;
 use crate::module::LoadError;
 use crate::reload::{self, Registry, ReloadEvent, Routes};
 use crate::router::parse_query;
@@ -58,6 +60,7 @@ pub struct Server {
         mpsc::UnboundedReceiver<reload::Change>,
     )>,
     rejected: Vec<LoadError>,
+    guard: Arc<Guard>,
 }
 
 /// The `*.wasm` files of a folder, sorted by name so that conflicts are
@@ -84,6 +87,13 @@ impl Server {
     /// With `config.hot_reload`, the folder is watched from now on.
     pub async fn new(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
+        let guard = Arc::new(Guard::new(&config)?);
+        if config.auth.cookie.is_some() && config.allowed_origins.is_empty() {
+            warn!(
+                "tokens are read from a cookie but any origin may connect: set `allowed_origins` \
+                 so that other sites cannot open sockets with your users' cookies"
+            );
+        }
         let runtime = Runtime::new(&config)?;
         // Watch before the first scan so no change slips between the two.
         let watcher = if config.hot_reload {
@@ -104,6 +114,14 @@ impl Server {
                 rejected.push(err);
             }
         }
+        for (pattern, handle) in registry.routes().load().routes() {
+            let module = handle.module();
+            let required = config.route_is_granted(&module.name, &module.is_granted);
+            if !required.is_empty() && !guard.accepts_tokens() {
+                warn!(route = %module.name, %pattern, "the route requires a role but no token key is configured \
+                    (`auth.hs256_secret`, `auth.rs256_public_key` or `auth.es256_public_key`): every client will get 401");
+            }
+        }
         if registry.routes().load().routes().next().is_none() {
             warn!(dir = %config.controllers.display(), "no controller loaded: every path will get 404");
         }
@@ -113,6 +131,7 @@ impl Server {
             registry,
             watcher,
             rejected,
+            guard,
         })
     }
 
@@ -158,6 +177,7 @@ impl Server {
             routes,
             registry,
             watcher,
+            guard,
             ..
         } = self;
         // The reload task ends when the watcher (and so its sender) is dropped.
@@ -178,6 +198,7 @@ impl Server {
                             routes: routes.clone(),
                             next_id: next_id.clone(),
                             admission: admission.clone(),
+                            guard: guard.clone(),
                             stopping: stopping.clone(),
                             peer,
                         };
@@ -215,6 +236,7 @@ struct Accepted {
     routes: Arc<ArcSwap<Routes>>,
     next_id: Arc<AtomicU64>,
     admission: Arc<Admission>,
+    guard: Arc<Guard>,
     stopping: CancellationToken,
     peer: std::net::SocketAddr,
 }
@@ -260,45 +282,48 @@ impl Accepted {
             }
         };
 
-        let routes = self.routes.load_full();
-        let Some(matched) = routes.lookup(&request.path) else {
-            debug!(peer = %self.peer, path = %request.path, "no route");
-            let body = format!("no route for {}", request.path);
-            let _ = handshake::reject(&mut stream, &Rejection::new(404, body)).await;
-            return;
-        };
-        let controller = matched.target.clone();
-        let params = matched.params;
-        let key = match handshake::check_upgrade(&request) {
-            Ok(key) => key,
+        let admitted = match self.admit(&request) {
+            Ok(admitted) => admitted,
             Err(rejection) => {
-                debug!(peer = %self.peer, path = %request.path, status = rejection.status, "upgrade refused");
+                // The body names the reason; it never holds the token.
+                if rejection.status == 404 || rejection.status == 426 {
+                    debug!(peer = %self.peer, path = %request.path, status = rejection.status, reason = %rejection.body, "upgrade refused");
+                } else {
+                    info!(peer = %self.peer, path = %request.path, status = rejection.status, reason = %rejection.body, "upgrade refused");
+                }
                 let _ = handshake::reject(&mut stream, &rejection).await;
                 return;
             }
         };
-        let route = controller.module().name.clone();
-        let _permit = match self.admission.admit(&route, self.peer.ip()) {
-            Ok(permit) => permit,
-            Err(rejection) => {
-                info!(peer = %self.peer, route = %route, status = rejection.status, reason = %rejection.body, "connection refused");
-                let _ = handshake::reject(&mut stream, &rejection).await;
-                return;
-            }
-        };
-        if let Err(err) = handshake::accept(&mut stream, &key).await {
+        if let Err(err) = handshake::accept(&mut stream, &admitted.key).await {
             debug!(peer = %self.peer, error = %err, "upgrade failed");
             return;
         }
-
+        let Admitted {
+            controller,
+            params,
+            query,
+            principal,
+            _permit,
+            ..
+        } = admitted;
+        let (user, roles, expires_at) = match principal {
+            Some(p) => (
+                p.user,
+                p.roles,
+                p.expires_at.filter(|_| self.config.auth.close_on_expiry),
+            ),
+            None => (None, Vec::new(), None),
+        };
         let info = ConnectionInfo {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            route,
+            route: controller.module().name.clone(),
             path: request.path.clone(),
             params,
-            query: parse_query(&request.query),
-            user: None,
-            roles: Vec::new(),
+            query,
+            user,
+            roles,
+            expires_at,
             peer: self.peer,
         };
         let ws_config = WebSocketConfig::default()
@@ -316,4 +341,49 @@ impl Accepted {
         .await;
         connection::run(ws, info, controller, limits, self.stopping).await;
     }
+
+    /// Routes an upgrade request and runs every check that may refuse it,
+    /// in order: route (404), upgrade headers (426/405/400), origin (403),
+    /// token and roles (401/403), connection limits (503/429).
+    fn admit(&self, request: &Request) -> Result<Admitted, Rejection> {
+        let routes = self.routes.load_full();
+        let matched = routes
+            .lookup(&request.path)
+            .ok_or_else(|| Rejection::new(404, format!("no route for {}", request.path)))?;
+        let controller = matched.target.clone();
+        let key = handshake::check_upgrade(request)?;
+        self.guard.check_origin(request)?;
+        let module = controller.module();
+        let required = self
+            .config
+            .route_is_granted(&module.name, &module.is_granted);
+        let mut query = parse_query(&request.query);
+        let token = self.guard.take_token(request, &mut query);
+        let (principal, ignored) = self.guard.admit(token.as_deref(), required)?;
+        if let Some(reason) = ignored {
+            debug!(peer = %self.peer, route = %module.name, reason = %reason, "token ignored on a public route");
+        }
+        let permit = self.admission.admit(&module.name, self.peer.ip())?;
+        Ok(Admitted {
+            controller,
+            key,
+            params: matched.params,
+            query,
+            principal,
+            _permit: permit,
+        })
+    }
+}
+
+/// An upgrade request that passed every check.
+struct Admitted {
+    controller: Arc<ControllerHandle>,
+    /// The client's `Sec-WebSocket-Key`, for the 101 answer.
+    key: String,
+    params: Vec<(String, String)>,
+    /// The query without the `access_token` parameter.
+    query: Vec<(String, String)>,
+    principal: Option<Principal>,
+    /// Holds the connection's places in the limits until it ends.
+    _permit: Permit,
 }

@@ -99,3 +99,62 @@ fn missing_controllers_folder_is_a_clear_error() {
     assert!(stderr.contains("nowhere"), "{stderr}");
     assert!(stderr.contains("controllers folder"), "{stderr}");
 }
+
+#[test]
+fn token_mints_a_token_the_server_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.toml");
+    let secret = "cli-test-secret-0123456789abcdefgh";
+    std::fs::write(
+        &config,
+        format!("[auth]\nhs256_secret = \"{secret}\"\nissuer = \"cli\"\n"),
+    )
+    .unwrap();
+    let out = switchyard()
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--role",
+            "ROLE_ADMIN",
+            "--role",
+            "ROLE_USER",
+        ])
+        .args(["--ttl", "2h", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let parsed = switchyard::Config::load(&config).unwrap();
+    let guard = switchyard::auth::Guard::new(&parsed).unwrap();
+    let principal = guard.verify(token.trim()).unwrap();
+    assert_eq!(principal.user.as_deref(), Some("alice"));
+    assert_eq!(principal.roles, ["ROLE_ADMIN", "ROLE_USER"]);
+    let left = principal
+        .expires_at
+        .unwrap()
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(left > Duration::from_secs(7000) && left <= Duration::from_secs(7200 + 30));
+
+    // Without a secret the error says what to configure.
+    std::fs::write(&config, "").unwrap();
+    let out = switchyard()
+        .args(["token", "--sub", "alice", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("auth.hs256_secret"), "{stderr}");
+    let out = switchyard()
+        .args(["token", "--sub", "a", "--ttl", "1y"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+}

@@ -195,6 +195,7 @@ async fn a_route_limit_answers_503_and_leaves_other_routes_alone() {
         "probe".into(),
         switchyard::config::RouteConfig {
             max_connections: Some(1),
+            ..Default::default()
         },
     );
     let server = TestServer::start_with(&["probe", "echo"], config).await;
