@@ -68,6 +68,10 @@ pub use serde_json;
 /// - `name` (optional, defaults to the crate name): the route's unique name.
 /// - `is_granted` (optional): roles of which a client needs at least one;
 ///   a single string or a list.
+/// - `instance` (optional): `"shared"` (the default: one instance for the
+///   route), `"keyed:<param>"` (one instance per value of a route
+///   parameter, e.g. `"keyed:room"` on `/rooms/{room}`) or
+///   `"per-connection"`.
 ///
 /// The struct must implement [`Default`] and [`Controller`]. Use the
 /// attribute once per component.
@@ -88,7 +92,8 @@ pub mod bindings {
 
 use bindings::switchyard::controller::host as wit_host;
 pub use bindings::switchyard::controller::types::{
-    CloseInfo, Connection, ConnectionId, ErrorInfo, HostError, LogLevel, Message, RouteInfo,
+    CloseInfo, Connection, ConnectionId, ErrorInfo, HostError, InstanceMode, LogLevel, Message,
+    RouteInfo,
 };
 
 /// The event handlers of a controller. Every method has a default that does
@@ -222,6 +227,86 @@ impl Connection {
     /// queued for it.
     pub fn close(&self, code: u16, reason: &str) -> Result<(), HostError> {
         close(self.id, code, reason)
+    }
+
+    /// Adds this connection to `group` (see [`groups`]).
+    pub fn join(&self, group: &str) -> Result<(), HostError> {
+        groups::join(self.id, group)
+    }
+
+    /// Removes this connection from `group`; returns whether it was in it.
+    pub fn leave(&self, group: &str) -> Result<bool, HostError> {
+        groups::leave(self.id, group)
+    }
+
+    /// Attaches `value` to this connection, replacing what was there. The
+    /// host keeps it across traps and reloads, until after `on_close`.
+    pub fn set_attachment(&self, value: &[u8]) -> Result<(), HostError> {
+        wit_host::set_attachment(self.id, value)
+    }
+
+    /// This connection's attachment.
+    pub fn attachment(&self) -> Option<Vec<u8>> {
+        attachment(self.id)
+    }
+
+    /// Attaches `value` as JSON.
+    ///
+    /// # Panics
+    /// When `value`'s `Serialize` implementation fails.
+    pub fn set_attachment_json<T: serde::Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<(), HostError> {
+        let bytes = serde_json::to_vec(value).expect("value cannot be serialized as JSON");
+        self.set_attachment(&bytes)
+    }
+
+    /// This connection's attachment parsed as JSON.
+    pub fn attachment_json<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        attachment_json(self.id)
+    }
+}
+
+/// The attachment of any open connection of this route.
+pub fn attachment(conn: ConnectionId) -> Option<Vec<u8>> {
+    wit_host::attachment(conn)
+}
+
+/// The attachment of any open connection of this route, parsed as JSON.
+pub fn attachment_json<T: serde::de::DeserializeOwned>(conn: ConnectionId) -> Option<T> {
+    attachment(conn).and_then(|bytes| serde_json::from_slice(&bytes).ok())
+}
+
+/// Groups (tags) of connections, owned by the host and scoped to the route:
+/// members may be served by different instances (a keyed or per-connection
+/// route), and a connection leaves every group when it closes.
+pub mod groups {
+    use super::{ConnectionId, HostError, Message, wit_host};
+
+    /// Adds connection `conn` (one of this instance's) to `group`.
+    pub fn join(conn: ConnectionId, group: &str) -> Result<(), HostError> {
+        wit_host::join(conn, group)
+    }
+
+    /// Removes `conn` from `group`; returns whether it was a member.
+    pub fn leave(conn: ConnectionId, group: &str) -> Result<bool, HostError> {
+        wit_host::leave(conn, group)
+    }
+
+    /// Queues `msg` for every member of `group` except `except`; returns how
+    /// many it was queued for.
+    pub fn publish(
+        group: &str,
+        msg: &Message,
+        except: Option<ConnectionId>,
+    ) -> Result<u32, HostError> {
+        wit_host::publish(group, msg, except)
+    }
+
+    /// The members of `group`, sorted.
+    pub fn members(group: &str) -> Vec<ConnectionId> {
+        wit_host::members(group)
     }
 }
 

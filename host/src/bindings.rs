@@ -57,3 +57,14 @@ impl From<&crate::connection::ConnectionInfo> for Connection {
         }
     }
 }
+
+impl From<switchyard::controller::types::InstanceMode> for crate::config::InstanceMode {
+    fn from(mode: switchyard::controller::types::InstanceMode) -> Self {
+        use switchyard::controller::types::InstanceMode;
+        match mode {
+            InstanceMode::Shared => crate::config::InstanceMode::Shared,
+            InstanceMode::Keyed(param) => crate::config::InstanceMode::Keyed(param),
+            InstanceMode::PerConnection => crate::config::InstanceMode::PerConnection,
+        }
+    }
+}

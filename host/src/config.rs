@@ -12,6 +12,43 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// How a route's connections are spread over instances.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum InstanceMode {
+    /// One instance for every connection of the route.
+    Shared,
+    /// One instance per distinct value of this route parameter.
+    Keyed(String),
+    /// One instance per connection.
+    PerConnection,
+}
+
+impl InstanceMode {
+    /// Parses `shared`, `per-connection` or `keyed:<param>`.
+    pub fn parse(text: &str) -> Result<InstanceMode, String> {
+        match text {
+            "shared" => Ok(InstanceMode::Shared),
+            "per-connection" => Ok(InstanceMode::PerConnection),
+            _ => match text.strip_prefix("keyed:") {
+                Some(param) if !param.is_empty() => Ok(InstanceMode::Keyed(param.to_owned())),
+                _ => Err(format!(
+                    "`{text}` is not an instance mode: use \"shared\", \"per-connection\" or \"keyed:<route parameter>\""
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InstanceMode::Shared => f.write_str("shared"),
+            InstanceMode::Keyed(param) => write!(f, "keyed:{param}"),
+            InstanceMode::PerConnection => f.write_str("per-connection"),
+        }
+    }
+}
+
 /// Everything the server needs to know at start.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -49,6 +86,12 @@ pub struct RouteConfig {
     /// Roles of which a client needs one; replaces the controller's own
     /// `is_granted`. An empty list makes the route public.
     pub is_granted: Option<Vec<String>>,
+    /// Instance mode, replacing the controller's own: `"shared"`,
+    /// `"per-connection"` or `"keyed:<route parameter>"`.
+    pub instance: Option<String>,
+    /// Live instances this route may have at once (a keyed or
+    /// per-connection route); overrides `limits.max_instances_per_route`.
+    pub max_instances: Option<usize>,
 }
 
 /// How clients prove who they are: JSON Web Tokens, checked at the upgrade.
@@ -156,6 +199,12 @@ pub struct Limits {
     /// Connections one client IP address may hold at once (429 beyond);
     /// 0 means no limit.
     pub max_connections_per_ip: usize,
+    /// Live instances one keyed or per-connection route may have at once;
+    /// a connection that would need one more gets 503.
+    pub max_instances_per_route: usize,
+    /// How long the key-value store of a keyed instance outlives its last
+    /// connection, so a room that empties briefly keeps its state.
+    pub keyed_state_keep_ms: u64,
 }
 
 impl Default for Limits {
@@ -175,6 +224,8 @@ impl Default for Limits {
             max_connections: 50_000,
             max_connections_per_route: 0,
             max_connections_per_ip: 0,
+            max_instances_per_route: 10_000,
+            keyed_state_keep_ms: 60_000,
         }
     }
 }
@@ -193,6 +244,11 @@ impl Limits {
     /// Time given to connections to close when the server shuts down.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    /// How long a keyed instance's key-value store outlives it.
+    pub fn keyed_state_keep(&self) -> Duration {
+        Duration::from_millis(self.keyed_state_keep_ms)
     }
 
     /// Quiet time before the server pings, if pings are on.
@@ -218,6 +274,14 @@ pub struct Sandbox {
     pub state_value_bytes: usize,
     /// Total size of keys and values in an instance's key-value store.
     pub state_total_bytes: usize,
+    /// Largest attachment of one connection (`host.set-attachment`).
+    pub attachment_bytes: usize,
+    /// Reuse pre-allocated instance slots (wasmtime's pooling allocator)
+    /// so that creating an instance costs microseconds. Needs virtual
+    /// address space; falls back to on-demand allocation if unavailable.
+    pub pooling: bool,
+    /// Instances the pool holds slots for, across all routes.
+    pub pool_instances: u32,
 }
 
 impl Default for Sandbox {
@@ -227,6 +291,9 @@ impl Default for Sandbox {
             max_memory_bytes: 64 << 20,
             state_value_bytes: 64 << 10,
             state_total_bytes: 16 << 20,
+            attachment_bytes: 16 << 10,
+            pooling: true,
+            pool_instances: 1_000,
         }
     }
 }
@@ -256,6 +323,40 @@ impl Config {
             .get(name)
             .and_then(|route| route.is_granted.as_deref())
             .unwrap_or(declared)
+    }
+
+    /// The instance mode of route `name`: the config's if set (checked
+    /// against `pattern`), else what the controller declares.
+    pub fn route_instance(
+        &self,
+        name: &str,
+        declared: &InstanceMode,
+        pattern: &crate::router::RoutePattern,
+    ) -> anyhow::Result<InstanceMode> {
+        let mode = match self
+            .routes
+            .get(name)
+            .and_then(|route| route.instance.as_deref())
+        {
+            Some(text) => InstanceMode::parse(text)
+                .map_err(|err| anyhow::anyhow!("`routes.{name}.instance`: {err}"))?,
+            None => declared.clone(),
+        };
+        if let InstanceMode::Keyed(param) = &mode {
+            anyhow::ensure!(
+                pattern.captures(param),
+                "route {name}: instances keyed by `{param}`, but the pattern {pattern} captures no `{{{param}}}`"
+            );
+        }
+        Ok(mode)
+    }
+
+    /// Live instances route `name` may have at once.
+    pub fn route_max_instances(&self, name: &str) -> usize {
+        self.routes
+            .get(name)
+            .and_then(|route| route.max_instances)
+            .unwrap_or(self.limits.max_instances_per_route)
     }
 
     /// Reads a config file; relative paths in it are taken from its folder.
@@ -294,6 +395,14 @@ impl Config {
             ("limits.close_timeout_ms", l.close_timeout_ms),
             ("limits.read_buffer_bytes", l.read_buffer_bytes as u64),
             ("limits.max_connections", l.max_connections as u64),
+            (
+                "limits.max_instances_per_route",
+                l.max_instances_per_route as u64,
+            ),
+            (
+                "sandbox.pool_instances",
+                u64::from(self.sandbox.pool_instances),
+            ),
             ("sandbox.event_budget_ms", self.sandbox.event_budget_ms),
             (
                 "sandbox.max_memory_bytes",
@@ -324,6 +433,12 @@ impl Config {
                 l.idle_timeout_ms,
                 l.ping_interval_ms
             );
+        }
+        for (name, route) in &self.routes {
+            if let Some(text) = &route.instance {
+                InstanceMode::parse(text)
+                    .map_err(|err| anyhow::anyhow!("`routes.{name}.instance`: {err}"))?;
+            }
         }
         if let Some(secret) = &self.auth.hs256_secret {
             anyhow::ensure!(

@@ -18,7 +18,9 @@ use crate::bindings::Message;
 use crate::bindings::switchyard::controller::types::{HostError, LogLevel};
 use crate::bindings::switchyard::controller::{host, types};
 use crate::connection::{ConnHandle, PushError};
-use crate::state::KvStore;
+use crate::route::{MAX_GROUP_NAME, RouteShared};
+use crate::runtime::StoreSlot;
+use crate::state::{KvStore, SharedKv};
 
 /// Open connections of one controller instance, by id. Ids grow with time,
 /// so iteration order is connection order.
@@ -27,10 +29,36 @@ pub type ConnTable = BTreeMap<u64, Arc<ConnHandle>>;
 /// What the host keeps for a controller across instances: moved from the
 /// old store to the new one after a trap or on a hot reload.
 pub struct HostOwned {
-    /// The controller's open connections.
+    /// The instance's open connections.
     pub conns: ConnTable,
     /// The `host.state-*` key-value store.
-    pub kv: KvStore,
+    pub kv: SharedKv,
+    /// Route-wide state: every connection, groups, attachments.
+    pub route: Arc<RouteShared>,
+}
+
+impl HostOwned {
+    /// No connections yet.
+    pub fn new(kv: SharedKv, route: Arc<RouteShared>) -> HostOwned {
+        HostOwned {
+            conns: ConnTable::new(),
+            kv,
+            route,
+        }
+    }
+
+    /// Moves the connection table out, leaving the shared parts in place.
+    pub fn take(&mut self) -> HostOwned {
+        HostOwned {
+            conns: std::mem::take(&mut self.conns),
+            kv: self.kv.clone(),
+            route: self.route.clone(),
+        }
+    }
+
+    fn kv(&self) -> std::sync::MutexGuard<'_, KvStore> {
+        self.kv.lock().expect("key-value store lock")
+    }
 }
 
 /// The data of an instance's store.
@@ -41,6 +69,10 @@ pub struct HostState {
     pub route: Arc<str>,
     /// Largest message a controller may send.
     pub max_message_bytes: usize,
+    /// Largest attachment a controller may set.
+    attachment_bytes: usize,
+    /// Counts the store among the live ones while it exists.
+    _slot: StoreSlot,
     /// Epoch ticks left for the running event; see `instance`.
     pub ticks_left: u64,
     /// Caps the instance's memory.
@@ -55,7 +87,9 @@ impl HostState {
         route: Arc<str>,
         owned: HostOwned,
         max_message_bytes: usize,
+        attachment_bytes: usize,
         limits: StoreLimits,
+        slot: StoreSlot,
     ) -> Self {
         // No preopened directories, no network, no environment, no args.
         let wasi = WasiCtx::builder()
@@ -69,6 +103,8 @@ impl HostState {
             owned,
             route,
             max_message_bytes,
+            attachment_bytes,
+            _slot: slot,
             ticks_left: 0,
             limits,
             wasi,
@@ -100,17 +136,22 @@ pub fn close_code_allowed(code: u16) -> bool {
 
 impl types::Host for HostState {}
 
+impl HostState {
+    /// Checks that `conn` is one of this instance's open connections.
+    fn own(&self, conn: u64) -> Result<&Arc<ConnHandle>, HostError> {
+        self.owned
+            .conns
+            .get(&conn)
+            .ok_or(HostError::UnknownConnection)
+    }
+}
+
 impl host::Host for HostState {
     fn send(&mut self, to: u64, msg: Message) -> Result<(), HostError> {
         if msg.len() > self.max_message_bytes {
             return Err(HostError::TooLarge);
         }
-        let conn = self
-            .owned
-            .conns
-            .get(&to)
-            .ok_or(HostError::UnknownConnection)?;
-        conn.push(msg.into_frame()).map_err(host_error)
+        self.own(to)?.push(msg.into_frame()).map_err(host_error)
     }
 
     fn broadcast(&mut self, msg: Message, except: Option<u64>) -> Result<u32, HostError> {
@@ -136,12 +177,7 @@ impl host::Host for HostState {
         if !close_code_allowed(code) {
             return Err(HostError::InvalidCloseCode);
         }
-        let handle = self
-            .owned
-            .conns
-            .get(&conn)
-            .ok_or(HostError::UnknownConnection)?;
-        handle.close(code, &reason).map_err(host_error)
+        self.own(conn)?.close(code, &reason).map_err(host_error)
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
@@ -156,22 +192,65 @@ impl host::Host for HostState {
     }
 
     fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.owned.kv.get(&key).map(<[u8]>::to_vec)
+        self.owned.kv().get(&key).map(<[u8]>::to_vec)
     }
 
     fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), HostError> {
         self.owned
-            .kv
+            .kv()
             .set(key, value)
             .map_err(|_| HostError::TooLarge)
     }
 
     fn state_delete(&mut self, key: String) -> bool {
-        self.owned.kv.delete(&key)
+        self.owned.kv().delete(&key)
     }
 
     fn state_keys(&mut self) -> Vec<String> {
-        self.owned.kv.keys()
+        self.owned.kv().keys()
+    }
+
+    fn join(&mut self, conn: u64, group: String) -> Result<(), HostError> {
+        self.own(conn)?;
+        if group.len() > MAX_GROUP_NAME {
+            return Err(HostError::TooLarge);
+        }
+        self.owned.route.join(conn, &group);
+        Ok(())
+    }
+
+    fn leave(&mut self, conn: u64, group: String) -> Result<bool, HostError> {
+        self.own(conn)?;
+        Ok(self.owned.route.leave(conn, &group))
+    }
+
+    fn publish(
+        &mut self,
+        group: String,
+        msg: Message,
+        except: Option<u64>,
+    ) -> Result<u32, HostError> {
+        if msg.len() > self.max_message_bytes {
+            return Err(HostError::TooLarge);
+        }
+        Ok(self.owned.route.publish(&group, &msg.into_frame(), except))
+    }
+
+    fn members(&mut self, group: String) -> Vec<u64> {
+        self.owned.route.members(&group)
+    }
+
+    fn set_attachment(&mut self, conn: u64, value: Vec<u8>) -> Result<(), HostError> {
+        self.own(conn)?;
+        if value.len() > self.attachment_bytes {
+            return Err(HostError::TooLarge);
+        }
+        self.owned.route.set_attachment(conn, value);
+        Ok(())
+    }
+
+    fn attachment(&mut self, conn: u64) -> Option<Vec<u8>> {
+        self.owned.route.attachment(conn)
     }
 }
 

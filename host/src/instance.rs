@@ -83,9 +83,14 @@ pub struct ControllerHandle {
 impl ControllerHandle {
     /// Starts an instance of `module` and returns its address. The instance
     /// lives until every handle and every connection of it is gone.
-    pub fn spawn(runtime: Arc<Runtime>, module: Arc<Module>, event_queue: usize) -> Arc<Self> {
+    pub fn spawn(
+        runtime: Arc<Runtime>,
+        module: Arc<Module>,
+        event_queue: usize,
+        owned: HostOwned,
+    ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(event_queue);
-        tokio::spawn(run(runtime, module.clone(), rx));
+        tokio::spawn(run(runtime, module.clone(), owned, rx));
         Arc::new(ControllerHandle {
             tx,
             module: ArcSwap::new(module),
@@ -142,7 +147,7 @@ async fn instantiate(
     runtime: &Runtime,
     module: &Module,
 ) -> wasmtime::Result<(Store<HostState>, Controller)> {
-    let mut store = runtime.new_store(module.name.clone(), runtime.new_owned());
+    let mut store = runtime.new_store(module.name.clone(), runtime.detached_owned());
     runtime.arm_budget(&mut store);
     let controller = module.pre.instantiate_async(&mut store).await?;
     Ok((store, controller))
@@ -180,8 +185,12 @@ async fn instantiate_with_backoff(
     }
 }
 
-async fn run(runtime: Arc<Runtime>, module: Arc<Module>, mut rx: mpsc::Receiver<Event>) {
-    let owned = runtime.new_owned();
+async fn run(
+    runtime: Arc<Runtime>,
+    module: Arc<Module>,
+    owned: HostOwned,
+    mut rx: mpsc::Receiver<Event>,
+) {
     let (store, controller) = instantiate_with_backoff(&runtime, &module, owned, 0).await;
     let mut actor = Actor {
         runtime,
@@ -218,7 +227,9 @@ impl Actor {
             }
             Event::Open { info, handle } => {
                 let id = info.id;
-                self.store.data_mut().owned.conns.insert(id, handle);
+                let owned = &mut self.store.data_mut().owned;
+                owned.route.register(id, handle.clone());
+                owned.conns.insert(id, handle);
                 let record = self
                     .records
                     .entry(id)
@@ -261,6 +272,7 @@ impl Actor {
             Event::Close { id, code, reason } => {
                 self.store.data_mut().owned.conns.remove(&id);
                 let Some(record) = self.records.remove(&id) else {
+                    self.store.data().owned.route.forget(id);
                     return;
                 };
                 let info = CloseInfo { code, reason };
@@ -269,6 +281,8 @@ impl Actor {
                     .controller
                     .call_on_close(&mut self.store, &record, &info)
                     .await;
+                // After on-close, which may still read the attachment.
+                self.store.data().owned.route.forget(id);
                 (id, result)
             }
         };
@@ -328,8 +342,7 @@ impl Actor {
 
     /// Moves the host-owned state out of the current store.
     fn take_owned(&mut self) -> HostOwned {
-        let empty = self.runtime.new_owned();
-        std::mem::replace(&mut self.store.data_mut().owned, empty)
+        self.store.data_mut().owned.take()
     }
 
     /// Continues with an instance of `module`; on failure the current one
@@ -369,6 +382,7 @@ impl Actor {
                     self.recover(id, err).await;
                 }
             }
+            self.store.data().owned.route.forget(id);
             let _ = handle.close(1001, "controller removed");
         }
         info!(route = %self.module.name, "controller retired");

@@ -24,6 +24,7 @@ mod host_api;
 mod instance;
 pub mod module;
 pub mod reload;
+mod route;
 pub mod router;
 mod runtime;
 mod server;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use wasmtime::component::Component;
 
 use crate::bindings::ControllerPre;
+use crate::config::InstanceMode;
 use crate::host_api::HostState;
 use crate::router::{PatternError, RoutePattern};
 use crate::runtime::Runtime;
@@ -41,7 +42,7 @@ pub enum LoadError {
     },
     /// The component does not fit the controller world.
     #[error(
-        "{file}: does not implement the world switchyard:controller/controller@0.1.0 \
+        "{file}: does not implement the world switchyard:controller/controller@0.2.0 \
          ({reason}); build it against wit/switchyard.wit, e.g. with switchyard-sdk"
     )]
     WrongWorld {
@@ -93,6 +94,14 @@ pub enum LoadError {
         /// The pattern it serves.
         other_route: String,
     },
+    /// The instance mode cannot work with the route.
+    #[error("{file}: {reason}")]
+    Instance {
+        /// The module file.
+        file: String,
+        /// What does not fit.
+        reason: String,
+    },
     /// Another module already uses the same route name.
     #[error(
         "{file}: route name `{name}` is already used by {other}; give one of them another name"
@@ -119,6 +128,9 @@ pub struct Module {
     pub name: Arc<str>,
     /// Roles of which a client needs one; empty means anyone.
     pub is_granted: Vec<String>,
+    /// How instances are created: the controller's declaration, or the
+    /// config's override for this route name.
+    pub instance: InstanceMode,
 }
 
 impl Module {
@@ -162,7 +174,7 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<(Module, String
         .map_err(wrong_world)?;
     let pre = ControllerPre::new(instance_pre).map_err(wrong_world)?;
 
-    let mut store = runtime.new_store(Arc::from("(describe)"), runtime.new_owned());
+    let mut store = runtime.new_store(Arc::from("(describe)"), runtime.detached_owned());
     runtime.arm_budget(&mut store);
     let start = |stage: &'static str| {
         let file = file.clone();
@@ -192,12 +204,21 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<(Module, String
             name: info.name,
         });
     }
+    let declared = InstanceMode::from(info.instance);
+    let instance = runtime
+        .config()
+        .route_instance(&info.name, &declared, &pattern)
+        .map_err(|err| LoadError::Instance {
+            file: file.clone(),
+            reason: err.to_string(),
+        })?;
     let module = Module {
         file: path.to_owned(),
         pre,
         pattern,
         name: Arc::from(info.name),
         is_granted: info.is_granted,
+        instance,
     };
     Ok((module, hash))
 }

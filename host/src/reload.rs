@@ -2,7 +2,7 @@
 //! changes it under running connections.
 //!
 //! A [`Registry`] holds one entry per module file that went live: its
-//! content hash and the [`ControllerHandle`] of its instance. The watcher
+//! content hash and the [`RouteHandle`] serving it. The watcher
 //! feeds changed `*.wasm` paths in; after ~100 ms without further changes
 //! each path is applied: a new or changed file is loaded and checked (off the
 //! async threads for compilation) and, only if every check passes, swapped
@@ -23,8 +23,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::instance::ControllerHandle;
 use crate::module::{self, LoadError, Module};
+use crate::route::RouteHandle;
 use crate::router::RouteTable;
 use crate::runtime::Runtime;
 
@@ -32,7 +32,7 @@ use crate::runtime::Runtime;
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// The routing table the server serves from.
-pub type Routes = RouteTable<Arc<ControllerHandle>>;
+pub type Routes = RouteTable<Arc<RouteHandle>>;
 
 /// What happened to a module file.
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ pub fn content_hash(bytes: &[u8]) -> String {
 struct Entry {
     file: PathBuf,
     hash: String,
-    handle: Arc<ControllerHandle>,
+    handle: Arc<RouteHandle>,
 }
 
 /// The live modules, by file, and the routing table built from them.
@@ -148,8 +148,7 @@ impl Registry {
         let (module, hash) = self.load_checked(file).await?;
         info!(route = %module.name, pattern = %module.pattern, file = %file.display(), hash = %hash,
             "controller loaded");
-        let handle =
-            ControllerHandle::spawn(self.runtime.clone(), Arc::new(module), self.event_queue);
+        let handle = RouteHandle::new(self.runtime.clone(), Arc::new(module), self.event_queue);
         self.entries.push(Entry {
             file: file.to_owned(),
             hash,
@@ -173,7 +172,7 @@ impl Registry {
                 let entry = self.entries.remove(index);
                 self.publish_routes();
                 let route = entry.handle.module().name.to_string();
-                let _ = entry.handle.send(crate::instance::Event::Retire).await;
+                entry.handle.retire().await;
                 info!(route = %route, file = %file.display(), hash = %entry.hash, "module removed: route retired");
                 let _ = self.events.send(ReloadEvent::Retired {
                     file: file.to_owned(),
@@ -226,7 +225,7 @@ impl Registry {
             }
             None => {
                 let handle =
-                    ControllerHandle::spawn(self.runtime.clone(), module.clone(), self.event_queue);
+                    RouteHandle::new(self.runtime.clone(), module.clone(), self.event_queue);
                 self.entries.push(Entry {
                     file: file.to_owned(),
                     hash: hash.clone(),

@@ -111,6 +111,13 @@ impl RoutePattern {
         &self.raw
     }
 
+    /// Whether the pattern captures a parameter called `name`.
+    pub fn captures(&self, name: &str) -> bool {
+        self.segments.iter().any(|segment| {
+            matches!(segment, Segment::Param(param) | Segment::CatchAll(param) if param == name)
+        })
+    }
+
     /// Whether two patterns accept exactly the same paths (capture names
     /// aside), so that neither could ever be chosen over the other.
     pub fn conflicts_with(&self, other: &RoutePattern) -> bool {

@@ -11,13 +11,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
+
+use tracing::warn;
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
+    UpdateDeadline,
+};
 
 use crate::bindings::Controller;
 use crate::config::Config;
 use crate::host_api::{HostOwned, HostState};
-use crate::state::KvStore;
+use crate::route::RouteShared;
+use crate::state::{KvStore, SharedKv};
 
 /// Time between two epoch ticks: the granularity of the CPU budget.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -29,7 +36,13 @@ fn context(what: &'static str) -> impl FnOnce(wasmtime::Error) -> anyhow::Error 
 
 /// Compiles, links and instantiates controller components.
 pub struct Runtime {
+    config: Arc<Config>,
     engine: Engine,
+    /// Stores alive now, each holding at most one instance: bounded by the
+    /// pool's size when pooling.
+    live_stores: Arc<AtomicUsize>,
+    /// The most stores that may be alive at once, if bounded.
+    max_stores: Option<usize>,
     linker: Linker<HostState>,
     /// Epoch ticks one event may use.
     budget_ticks: u64,
@@ -42,10 +55,27 @@ pub struct Runtime {
 impl Runtime {
     /// An engine and linker for `config`, and a thread ticking the epoch
     /// until the engine is dropped.
-    pub fn new(config: &Config) -> anyhow::Result<Arc<Runtime>> {
+    pub fn new(config: Arc<Config>) -> anyhow::Result<Arc<Runtime>> {
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true).epoch_interruption(true);
-        let engine = Engine::new(&wasm).map_err(context("creating the wasmtime engine"))?;
+        let mut max_stores = None;
+        let engine = if config.sandbox.pooling {
+            let slots = config.sandbox.pool_instances;
+            let mut pooled = wasm.clone();
+            pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(&config)));
+            match Engine::new(&pooled) {
+                Ok(engine) => {
+                    max_stores = Some(slots as usize);
+                    engine
+                }
+                Err(err) => {
+                    warn!(error = %format!("{err:#}"), "the pooling allocator is unavailable; instances are allocated on demand");
+                    Engine::new(&wasm).map_err(context("creating the wasmtime engine"))?
+                }
+            }
+        } else {
+            Engine::new(&wasm).map_err(context("creating the wasmtime engine"))?
+        };
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(context("linking WASI"))?;
@@ -66,7 +96,10 @@ impl Runtime {
 
         let tick_ms = EPOCH_TICK.as_millis() as u64;
         Ok(Arc::new(Runtime {
+            config: config.clone(),
             engine,
+            live_stores: Arc::new(AtomicUsize::new(0)),
+            max_stores,
             linker,
             budget_ticks: config.sandbox.event_budget_ms.div_ceil(tick_ms).max(1),
             max_memory_bytes: config.sandbox.max_memory_bytes,
@@ -74,6 +107,19 @@ impl Runtime {
             state_value_bytes: config.sandbox.state_value_bytes,
             state_total_bytes: config.sandbox.state_total_bytes,
         }))
+    }
+
+    /// The configuration the server started with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Whether one more instance fits in the pool, keeping a few slots for
+    /// loading modules and swapping versions.
+    pub fn has_room(&self) -> bool {
+        const RESERVED: usize = 8;
+        self.max_stores
+            .is_none_or(|max| self.live_stores.load(Ordering::Acquire) + RESERVED < max)
     }
 
     /// The engine.
@@ -86,12 +132,17 @@ impl Runtime {
         &self.linker
     }
 
-    /// Empty host-owned state for a new controller.
-    pub fn new_owned(&self) -> HostOwned {
-        HostOwned {
-            conns: Default::default(),
-            kv: KvStore::new(self.state_value_bytes, self.state_total_bytes),
-        }
+    /// An empty key-value store with the configured caps.
+    pub fn new_kv(&self) -> SharedKv {
+        Arc::new(std::sync::Mutex::new(KvStore::new(
+            self.state_value_bytes,
+            self.state_total_bytes,
+        )))
+    }
+
+    /// Host-owned state for a store that serves no route (loading a module).
+    pub fn detached_owned(&self) -> HostOwned {
+        HostOwned::new(self.new_kv(), RouteShared::new())
     }
 
     /// A store for one instance of the controller `route`, owning `owned`,
@@ -101,7 +152,14 @@ impl Runtime {
             .memory_size(self.max_memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState::new(route, owned, self.max_message_bytes, limits);
+        let state = HostState::new(
+            route,
+            owned,
+            self.max_message_bytes,
+            self.config.sandbox.attachment_bytes,
+            limits,
+            StoreSlot::new(self.live_stores.clone()),
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut ctx| {
@@ -120,5 +178,42 @@ impl Runtime {
     pub fn arm_budget(&self, store: &mut Store<HostState>) {
         store.data_mut().ticks_left = self.budget_ticks;
         store.set_epoch_deadline(1);
+    }
+}
+
+/// Pool sizes for `sandbox.pool_instances` controller instances. A
+/// controller component holds a handful of core instances (the program,
+/// adapters and shims), one or two memories and a few tables.
+fn pool(config: &Config) -> PoolingAllocationConfig {
+    let slots = config.sandbox.pool_instances;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(slots)
+        .total_core_instances(slots.saturating_mul(8))
+        .total_memories(slots.saturating_mul(2))
+        .total_tables(slots.saturating_mul(4))
+        .total_stacks(slots)
+        .max_core_instances_per_component(32)
+        .max_memories_per_component(4)
+        .max_tables_per_component(8)
+        .max_memory_size(config.sandbox.max_memory_bytes)
+        // Keep freed slots warm so the next instance reuses their pages.
+        .linear_memory_keep_resident(64 << 10)
+        .table_keep_resident(16 << 10);
+    pool
+}
+
+/// Counts a store as alive until it is dropped.
+pub struct StoreSlot(Arc<AtomicUsize>);
+
+impl StoreSlot {
+    fn new(live: Arc<AtomicUsize>) -> StoreSlot {
+        live.fetch_add(1, Ordering::AcqRel);
+        StoreSlot(live)
+    }
+}
+
+impl Drop for StoreSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

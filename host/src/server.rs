@@ -30,9 +30,9 @@ use crate::auth::{Guard, Principal};
 use crate::config::Config;
 use crate::connection::{self, ConnectionInfo};
 use crate::handshake::{self, ReadError, Rejection, Request};
-use crate::instance::ControllerHandle;
 use crate::module::LoadError;
 use crate::reload::{self, Registry, ReloadEvent, Routes};
+use crate::route::Lease;
 use crate::router::parse_query;
 use crate::runtime::Runtime;
 
@@ -87,6 +87,7 @@ impl Server {
     /// With `config.hot_reload`, the folder is watched from now on.
     pub async fn new(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
+        let config = Arc::new(config);
         let guard = Arc::new(Guard::new(&config)?);
         if config.auth.cookie.is_some() && config.allowed_origins.is_empty() {
             warn!(
@@ -94,7 +95,7 @@ impl Server {
                  so that other sites cannot open sockets with your users' cookies"
             );
         }
-        let runtime = Runtime::new(&config)?;
+        let runtime = Runtime::new(config.clone())?;
         // Watch before the first scan so no change slips between the two.
         let watcher = if config.hot_reload {
             Some(reload::watch_modules(&config.controllers).with_context(|| {
@@ -126,7 +127,7 @@ impl Server {
             warn!(dir = %config.controllers.display(), "no controller loaded: every path will get 404");
         }
         Ok(Server {
-            config: Arc::new(config),
+            config,
             routes: registry.routes().clone(),
             registry,
             watcher,
@@ -300,7 +301,8 @@ impl Accepted {
             return;
         }
         let Admitted {
-            controller,
+            id,
+            lease,
             params,
             query,
             principal,
@@ -316,8 +318,8 @@ impl Accepted {
             None => (None, Vec::new(), None),
         };
         let info = ConnectionInfo {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            route: controller.module().name.clone(),
+            id,
+            route: lease.route().module().name.clone(),
             path: request.path.clone(),
             params,
             query,
@@ -339,7 +341,9 @@ impl Accepted {
             Some(ws_config),
         )
         .await;
-        connection::run(ws, info, controller, limits, self.stopping).await;
+        connection::run(ws, info, lease.handle.clone(), limits, self.stopping).await;
+        // Dropping the lease may drop the instance, once on-close is queued.
+        drop(lease);
     }
 
     /// Routes an upgrade request and runs every check that may refuse it,
@@ -350,10 +354,10 @@ impl Accepted {
         let matched = routes
             .lookup(&request.path)
             .ok_or_else(|| Rejection::new(404, format!("no route for {}", request.path)))?;
-        let controller = matched.target.clone();
+        let route = matched.target.clone();
         let key = handshake::check_upgrade(request)?;
         self.guard.check_origin(request)?;
-        let module = controller.module();
+        let module = route.module();
         let required = self
             .config
             .route_is_granted(&module.name, &module.is_granted);
@@ -364,8 +368,11 @@ impl Accepted {
             debug!(peer = %self.peer, route = %module.name, reason = %reason, "token ignored on a public route");
         }
         let permit = self.admission.admit(&module.name, self.peer.ip())?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let lease = route.lease(&matched.params, id)?;
         Ok(Admitted {
-            controller,
+            id,
+            lease,
             key,
             params: matched.params,
             query,
@@ -377,7 +384,10 @@ impl Accepted {
 
 /// An upgrade request that passed every check.
 struct Admitted {
-    controller: Arc<ControllerHandle>,
+    /// The connection's id, unique for the life of the process.
+    id: u64,
+    /// The instance that will serve the connection.
+    lease: Lease,
     /// The client's `Sec-WebSocket-Key`, for the 101 answer.
     key: String,
     params: Vec<(String, String)>,

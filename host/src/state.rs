@@ -2,10 +2,17 @@
 //!
 //! It lives in the host, not in guest memory: an instance's store moves to
 //! the replacement instance after a trap and to the new version on a hot
-//! reload. Sizes are capped per value and in total, counting keys, so a
+//! reload, and a keyed instance's store is kept a while after the instance
+//! is dropped (see `route`). Sizes are capped per value and in total, counting keys, so a
 //! controller cannot grow host memory without bound.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// A store shared by the instances that follow one another on a route or
+/// key (after a trap, on reload, or when a keyed room comes back). A std
+/// mutex: held only for one map operation, never across an await.
+pub type SharedKv = Arc<Mutex<KvStore>>;
 
 /// Why a value was not stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,6 +28,7 @@ struct RouteArgs {
     route: Option<LitStr>,
     name: Option<LitStr>,
     is_granted: Vec<LitStr>,
+    instance: Option<LitStr>,
 }
 
 impl RouteArgs {
@@ -48,8 +49,10 @@ impl RouteArgs {
         } else if meta.path.is_ident("is_granted") {
             let value: Expr = meta.value()?.parse()?;
             self.is_granted = roles(&value)?;
+        } else if meta.path.is_ident("instance") {
+            self.instance = Some(meta.value()?.parse()?);
         } else {
-            return Err(meta.error("expected `route`, `name` or `is_granted`"));
+            return Err(meta.error("expected `route`, `name`, `is_granted` or `instance`"));
         }
         Ok(())
     }
@@ -69,6 +72,43 @@ fn roles(value: &Expr) -> syn::Result<Vec<LitStr>> {
     match value {
         Expr::Array(ExprArray { elems, .. }) => elems.iter().map(single).collect(),
         other => Ok(vec![single(other)?]),
+    }
+}
+
+/// The `InstanceMode` expression for `instance = "..."`: `"shared"`,
+/// `"per-connection"` or `"keyed:<param>"`, where the route must capture
+/// `<param>`.
+fn instance_mode(
+    instance: Option<&LitStr>,
+    route: &LitStr,
+) -> syn::Result<proc_macro2::TokenStream> {
+    let Some(instance) = instance else {
+        return Ok(quote!(::switchyard_sdk::InstanceMode::Shared));
+    };
+    match instance.value().as_str() {
+        "shared" => Ok(quote!(::switchyard_sdk::InstanceMode::Shared)),
+        "per-connection" => Ok(quote!(::switchyard_sdk::InstanceMode::PerConnection)),
+        other => match other.strip_prefix("keyed:") {
+            Some(param) => {
+                let captures = route.value();
+                let captured = captures.split('/').any(|segment| {
+                    segment == format!("{{{param}}}") || segment == format!("{{*{param}}}")
+                });
+                if !captured {
+                    return Err(syn::Error::new(
+                        instance.span(),
+                        format!("`keyed:{param}` needs the route to capture `{{{param}}}`"),
+                    ));
+                }
+                Ok(
+                    quote!(::switchyard_sdk::InstanceMode::Keyed(::std::string::String::from(#param))),
+                )
+            }
+            None => Err(syn::Error::new(
+                instance.span(),
+                "expected \"shared\", \"per-connection\" or \"keyed:<route parameter>\"",
+            )),
+        },
     }
 }
 
@@ -141,6 +181,7 @@ fn expand(
         None => quote!(::core::env!("CARGO_PKG_NAME")),
     };
     let is_granted = route_args.is_granted;
+    let instance = instance_mode(route_args.instance.as_ref(), &route)?;
     let ty = &item.ident;
     let span = ty.span();
     let assert_impls = quote_spanned! {span=>
@@ -184,6 +225,7 @@ fn expand(
                         route: ::std::string::String::from(#route),
                         name: ::std::string::String::from(#name),
                         is_granted: ::std::vec![#(::std::string::String::from(#is_granted)),*],
+                        instance: #instance,
                     }
                 }
 

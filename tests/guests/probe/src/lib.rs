@@ -12,6 +12,10 @@
 //! - `close <id> <code> <reason>`: `host.close`, answers `ok` or the error.
 //! - `log <text>`: `host.log` at info level; `print <text>`: println!.
 //! - `panic`: panics, trapping the instance.
+//! - `join <group>`, `leave <group>`, `publish <group> <text>`,
+//!   `members <group>`: the group functions, answering `ok ...` or the error.
+//! - `attach <text>`: sets this connection's attachment;
+//!   `attachment <id>`: reads one (`none` when there is none).
 //!
 //! Every `on-close` is also logged as `on-close <id> <code>`.
 
@@ -73,6 +77,21 @@ impl Controller for Probe {
                 let code = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
                 let reason = parts.next().unwrap_or("");
                 result(switchyard_sdk::close(id, code, reason))
+            }
+            "join" => result(conn.join(rest)),
+            "leave" => result(conn.leave(rest)),
+            "publish" => {
+                let (group, text) = rest.split_once(' ').unwrap_or((rest, ""));
+                result(switchyard_sdk::groups::publish(group, &Message::text(text), None))
+            }
+            "members" => Message::json(&switchyard_sdk::groups::members(rest)),
+            "attach" => result(conn.set_attachment(rest.as_bytes())),
+            "attachment" => {
+                let id = rest.parse().unwrap_or(u64::MAX);
+                match switchyard_sdk::attachment(id) {
+                    Some(bytes) => Message::text(String::from_utf8_lossy(&bytes).into_owned()),
+                    None => Message::text("none"),
+                }
             }
             "log" => {
                 switchyard_sdk::log(LogLevel::Info, rest);

@@ -1,0 +1,381 @@
+//! A served route: its module version, its instances and the state they
+//! share.
+//!
+//! The routing table maps a pattern to a [`RouteHandle`]. For each upgrade
+//! the server asks it for a [`Lease`] on the instance that will serve the
+//! connection: the one shared instance, the instance of the connection's key
+//! (`keyed` mode, e.g. one per room), or a new instance of its own
+//! (`per-connection`). Instances are created on first use from the
+//! module's pre-instantiated component and dropped when their last lease
+//! ends; a keyed instance's key-value store is kept for
+//! `limits.keyed_state_keep_ms` so a room that empties briefly keeps its
+//! state. [`RouteShared`] holds what belongs to the route rather than to
+//! an instance: every open connection, group membership and attachments.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::config::InstanceMode;
+use crate::connection::ConnHandle;
+use crate::handshake::Rejection;
+use crate::host_api::HostOwned;
+use crate::instance::{ControllerHandle, Event};
+use crate::module::Module;
+use crate::runtime::Runtime;
+use crate::state::SharedKv;
+
+/// Longest group name, in bytes.
+pub const MAX_GROUP_NAME: usize = 256;
+
+/// Which instance serves a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum InstanceKey {
+    Shared,
+    Keyed(String),
+    Connection(u64),
+}
+
+/// Route-wide state that outlives instances: open connections, groups and
+/// attachments. A std mutex: held only to read or update maps (and to
+/// queue frames, which never waits), never across an await.
+pub struct RouteShared {
+    state: Mutex<SharedState>,
+}
+
+#[derive(Default)]
+struct SharedState {
+    conns: HashMap<u64, Arc<ConnHandle>>,
+    groups: HashMap<String, BTreeSet<u64>>,
+    /// The groups of each connection, to clear them when it closes.
+    joined: HashMap<u64, BTreeSet<String>>,
+    attachments: HashMap<u64, Vec<u8>>,
+}
+
+impl RouteShared {
+    /// Empty state for a new route.
+    pub fn new() -> Arc<RouteShared> {
+        Arc::new(RouteShared {
+            state: Mutex::new(SharedState::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SharedState> {
+        self.state.lock().expect("route state lock")
+    }
+
+    /// A connection opened on this route.
+    pub fn register(&self, id: u64, handle: Arc<ConnHandle>) {
+        self.state().conns.insert(id, handle);
+    }
+
+    /// A connection is gone (after its `on-close`): it leaves every group
+    /// and loses its attachment.
+    pub fn forget(&self, id: u64) {
+        let mut state = self.state();
+        state.conns.remove(&id);
+        state.attachments.remove(&id);
+        for group in state.joined.remove(&id).unwrap_or_default() {
+            if let Some(members) = state.groups.get_mut(&group) {
+                members.remove(&id);
+                if members.is_empty() {
+                    state.groups.remove(&group);
+                }
+            }
+        }
+    }
+
+    /// Adds `id` to `group`.
+    pub fn join(&self, id: u64, group: &str) {
+        let mut state = self.state();
+        state.groups.entry(group.to_owned()).or_default().insert(id);
+        state.joined.entry(id).or_default().insert(group.to_owned());
+    }
+
+    /// Removes `id` from `group`; returns whether it was a member.
+    pub fn leave(&self, id: u64, group: &str) -> bool {
+        let mut state = self.state();
+        let was_member = state
+            .groups
+            .get_mut(group)
+            .is_some_and(|members| members.remove(&id));
+        if state.groups.get(group).is_some_and(BTreeSet::is_empty) {
+            state.groups.remove(group);
+        }
+        if let Some(groups) = state.joined.get_mut(&id) {
+            groups.remove(group);
+        }
+        was_member
+    }
+
+    /// Queues `frame` for every member of `group` but `except`; returns how
+    /// many took it.
+    pub fn publish(&self, group: &str, frame: &WsMessage, except: Option<u64>) -> u32 {
+        let state = self.state();
+        let Some(members) = state.groups.get(group) else {
+            return 0;
+        };
+        let mut queued = 0;
+        for id in members.iter().filter(|id| Some(**id) != except) {
+            if let Some(conn) = state.conns.get(id)
+                && conn.push(frame.clone()).is_ok()
+            {
+                queued += 1;
+            }
+        }
+        queued
+    }
+
+    /// The members of `group`, sorted.
+    pub fn members(&self, group: &str) -> Vec<u64> {
+        self.state()
+            .groups
+            .get(group)
+            .map(|members| members.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Replaces the attachment of `id`.
+    pub fn set_attachment(&self, id: u64, value: Vec<u8>) {
+        self.state().attachments.insert(id, value);
+    }
+
+    /// The attachment of `id`.
+    pub fn attachment(&self, id: u64) -> Option<Vec<u8>> {
+        self.state().attachments.get(&id).cloned()
+    }
+}
+
+/// A served route.
+pub struct RouteHandle {
+    runtime: Arc<Runtime>,
+    event_queue: usize,
+    /// The version new instances start from; swapped on reload.
+    module: ArcSwap<Module>,
+    shared: Arc<RouteShared>,
+    /// A std mutex: held only to look up or update the maps, never across
+    /// an await.
+    instances: Mutex<Instances>,
+}
+
+#[derive(Default)]
+struct Instances {
+    live: HashMap<InstanceKey, Live>,
+    /// Key-value stores of keyed instances, with the time their instance
+    /// was dropped (`None` while it lives).
+    kept: HashMap<String, (SharedKv, Option<Instant>)>,
+    retired: bool,
+}
+
+struct Live {
+    handle: Arc<ControllerHandle>,
+    /// Connections using the instance.
+    leases: usize,
+}
+
+/// A connection's hold on the instance serving it; the instance is dropped
+/// when its last lease ends (a shared instance never is).
+pub struct Lease {
+    route: Arc<RouteHandle>,
+    key: InstanceKey,
+    /// The instance to send the connection's events to.
+    pub handle: Arc<ControllerHandle>,
+}
+
+impl RouteHandle {
+    /// A route serving `module`; a shared route starts its instance now.
+    pub fn new(runtime: Arc<Runtime>, module: Arc<Module>, event_queue: usize) -> Arc<RouteHandle> {
+        let route = Arc::new(RouteHandle {
+            runtime,
+            event_queue,
+            module: ArcSwap::new(module.clone()),
+            shared: RouteShared::new(),
+            instances: Mutex::new(Instances::default()),
+        });
+        if module.instance == InstanceMode::Shared {
+            let handle = route.spawn(module, route.runtime.new_kv());
+            route
+                .lock()
+                .live
+                .insert(InstanceKey::Shared, Live { handle, leases: 0 });
+        }
+        route
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Instances> {
+        self.instances.lock().expect("route instances lock")
+    }
+
+    fn spawn(&self, module: Arc<Module>, kv: SharedKv) -> Arc<ControllerHandle> {
+        let owned = HostOwned::new(kv, self.shared.clone());
+        ControllerHandle::spawn(self.runtime.clone(), module, self.event_queue, owned)
+    }
+
+    /// The version serving new instances.
+    pub fn module(&self) -> Arc<Module> {
+        self.module.load_full()
+    }
+
+    /// Instances alive now.
+    pub fn live_instances(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// The instance for connection `id` with route captures `params`,
+    /// created if needed. Refused (503) when the route or the server has no
+    /// room for another instance.
+    pub fn lease(
+        self: &Arc<Self>,
+        params: &[(String, String)],
+        id: u64,
+    ) -> Result<Lease, Rejection> {
+        let module = self.module();
+        let key = match &module.instance {
+            InstanceMode::Shared => InstanceKey::Shared,
+            InstanceMode::PerConnection => InstanceKey::Connection(id),
+            InstanceMode::Keyed(param) => InstanceKey::Keyed(
+                params
+                    .iter()
+                    .find(|(name, _)| name == param)
+                    .map(|(_, value)| value.clone())
+                    .unwrap_or_default(),
+            ),
+        };
+        let mut instances = self.lock();
+        if instances.retired {
+            return Err(Rejection::new(
+                503,
+                format!("route {} is being removed", module.name),
+            ));
+        }
+        if let Some(live) = instances.live.get_mut(&key) {
+            live.leases += 1;
+            return Ok(Lease {
+                route: self.clone(),
+                key,
+                handle: live.handle.clone(),
+            });
+        }
+        let max = self.runtime.config().route_max_instances(&module.name);
+        if instances.live.len() >= max {
+            return Err(Rejection::new(
+                503,
+                format!(
+                    "route {} is at its instance limit ({max}); try again later",
+                    module.name
+                ),
+            )
+            .with_header("Retry-After", "1"));
+        }
+        if !self.runtime.has_room() {
+            return Err(Rejection::new(
+                503,
+                "the server is at its instance limit (sandbox.pool_instances); try again later",
+            )
+            .with_header("Retry-After", "1"));
+        }
+        let keep = self.runtime.config().limits.keyed_state_keep();
+        instances
+            .kept
+            .retain(|_, (_, dropped)| dropped.is_none_or(|at| at.elapsed() < keep));
+        let kv = match &key {
+            InstanceKey::Keyed(value) => {
+                let (kv, dropped) = instances
+                    .kept
+                    .entry(value.clone())
+                    .or_insert_with(|| (self.runtime.new_kv(), None));
+                *dropped = None;
+                kv.clone()
+            }
+            _ => self.runtime.new_kv(),
+        };
+        let handle = self.spawn(module, kv);
+        instances.live.insert(
+            key.clone(),
+            Live {
+                handle: handle.clone(),
+                leases: 1,
+            },
+        );
+        Ok(Lease {
+            route: self.clone(),
+            key,
+            handle,
+        })
+    }
+
+    /// Continues every instance, and every later one, with `module`. The
+    /// instance mode cannot change this way.
+    pub async fn swap(&self, module: Arc<Module>) -> Result<(), String> {
+        let old = self.module();
+        if old.instance != module.instance {
+            return Err(format!(
+                "the instance mode changed from {} to {}; restart the server to apply that",
+                old.instance, module.instance
+            ));
+        }
+        // New instances start from the new version from now on; the live
+        // ones switch between two events.
+        self.module.store(module.clone());
+        let handles: Vec<_> = self
+            .lock()
+            .live
+            .values()
+            .map(|l| l.handle.clone())
+            .collect();
+        for (i, handle) in handles.iter().enumerate() {
+            if let Err(reason) = handle.swap(module.clone()).await {
+                if i == 0 {
+                    self.module.store(old);
+                    return Err(reason);
+                }
+                tracing::error!(route = %module.name, error = %reason, "an instance kept the old version");
+            }
+        }
+        Ok(())
+    }
+
+    /// The module was removed: every instance runs `on-close` for its
+    /// connections and closes them with 1001; no new connection is admitted.
+    pub async fn retire(&self) {
+        let handles: Vec<_> = {
+            let mut instances = self.lock();
+            instances.retired = true;
+            instances.live.values().map(|l| l.handle.clone()).collect()
+        };
+        for handle in handles {
+            let _ = handle.send(Event::Retire).await;
+        }
+    }
+}
+
+impl Lease {
+    /// The route the instance serves.
+    pub fn route(&self) -> &Arc<RouteHandle> {
+        &self.route
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut instances = self.route.lock();
+        let Some(live) = instances.live.get_mut(&self.key) else {
+            return;
+        };
+        live.leases -= 1;
+        if live.leases > 0 || self.key == InstanceKey::Shared {
+            return;
+        }
+        // The last connection left: the instance ends once its queue is
+        // drained (this lease holds the last handle but the map's).
+        instances.live.remove(&self.key);
+        if let InstanceKey::Keyed(value) = &self.key
+            && let Some((_, dropped)) = instances.kept.get_mut(value)
+        {
+            *dropped = Some(Instant::now());
+        }
+    }
+}
