@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 use wasmtime::Store;
 
 use crate::bindings::{CloseInfo, Connection, Controller, ErrorInfo, Message};
+use crate::config::InstanceMode;
 use crate::connection::{ConnHandle, ConnectionInfo};
 use crate::host_api::{HostOwned, HostState};
 use crate::module::Module;
@@ -201,7 +202,12 @@ async fn run(
         consecutive_failures: 0,
         retired: false,
     };
-    info!(route = %actor.module.name, file = %actor.module.file.display(), "controller instance started");
+    if actor.module.instance == InstanceMode::Shared {
+        info!(route = %actor.module.name, file = %actor.module.file.display(), "controller instance started");
+    } else {
+        // Keyed and per-connection instances come and go by the thousand.
+        debug!(route = %actor.module.name, "controller instance started");
+    }
     while let Some(event) = rx.recv().await {
         actor.handle(event).await;
     }

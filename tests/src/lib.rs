@@ -385,3 +385,14 @@ pub async fn events_until(ws: &mut Ws, done: impl Fn(&[String]) -> bool) -> Vec<
         tokio::task::yield_now().await;
     }
 }
+
+/// The bytes of test module `name` with a custom section holding `round`
+/// appended: still the same component, but a new file for hot reload.
+pub fn module_variant(name: &str, round: u8) -> Vec<u8> {
+    let mut bytes = std::fs::read(module(name)).unwrap();
+    // Custom section (id 0): size, name length, name "variant", payload.
+    bytes.extend_from_slice(&[0, 9, 7]);
+    bytes.extend_from_slice(b"variant");
+    bytes.push(round);
+    bytes
+}

@@ -1,0 +1,309 @@
+//! Keyed and per-connection instances, groups and attachments: rooms are
+//! isolated and run in parallel, instances come and go with their
+//! connections while their state is kept a while, groups span a route's
+//! instances, and attachments outlive traps and reloads.
+
+use std::time::Duration;
+
+use serde_json::json;
+use switchyard_tests::*;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn route_config(
+    config: &mut Config,
+    name: &str,
+    f: impl FnOnce(&mut switchyard::config::RouteConfig),
+) {
+    f(config.routes.entry(name.to_owned()).or_default());
+}
+
+async fn id_of(ws: &mut Ws) -> u64 {
+    whoami(ws).await["id"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn rooms_are_isolated_with_presence_history_and_a_lobby_across_rooms() {
+    let server = TestServer::start(&["rooms"]).await;
+    let mut alice = server.connect("/rooms/lounge?name=alice").await;
+    let welcome = recv_json(&mut alice).await;
+    assert_eq!(welcome["room"], "lounge");
+    assert_eq!(welcome["present"], json!([]));
+    let mut bob = server.connect("/rooms/lounge?name=bob").await;
+    assert_eq!(recv_json(&mut bob).await["present"], json!(["alice"]));
+    assert_eq!(
+        recv_json(&mut alice).await,
+        json!({"type": "join", "user": "bob"})
+    );
+    let mut carol = server.connect("/rooms/kitchen?name=carol").await;
+    assert_eq!(recv_json(&mut carol).await["present"], json!([]));
+
+    send_text(&mut alice, "hi lounge").await;
+    let said = json!({"type": "message", "user": "alice", "data": "hi lounge"});
+    assert_eq!(recv_json(&mut alice).await, said);
+    assert_eq!(recv_json(&mut bob).await, said);
+    // Carol's next message is her own: nothing from the lounge came first.
+    send_text(&mut carol, "hi kitchen").await;
+    assert_eq!(recv_json(&mut carol).await["data"], "hi kitchen");
+
+    bob.close(None).await.unwrap();
+    assert_eq!(
+        recv_json(&mut alice).await,
+        json!({"type": "leave", "user": "bob"})
+    );
+    let mut dave = server.connect("/rooms/lounge?name=dave").await;
+    let welcome = recv_json(&mut dave).await;
+    assert_eq!(welcome["present"], json!(["alice"]));
+    assert_eq!(welcome["history"], json!([said]));
+    assert_eq!(recv_json(&mut alice).await["user"], "dave");
+
+    // The lobby group reaches every room's members, across instances.
+    send_text(&mut carol, "/all dinner is ready").await;
+    for ws in [&mut carol, &mut alice, &mut dave] {
+        let heard = recv_json(ws).await;
+        assert_eq!(heard["type"], "announcement");
+        assert_eq!(heard["room"], "kitchen");
+        assert_eq!(heard["data"], "dinner is ready");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn broadcast_and_connections_are_scoped_to_the_instance() {
+    let server = TestServer::start(&["keyed"]).await;
+    let mut a1 = server.connect("/keyed/a").await;
+    let mut a2 = server.connect("/keyed/a").await;
+    let mut b1 = server.connect("/keyed/b").await;
+    let ids: Vec<u64> = serde_json::from_str(&ask(&mut a1, "connections").await).unwrap();
+    assert_eq!(ids.len(), 2);
+    let ids: Vec<u64> = serde_json::from_str(&ask(&mut b1, "connections").await).unwrap();
+    assert_eq!(ids.len(), 1);
+    send_text(&mut a1, "broadcast to a").await;
+    assert_eq!(recv_text(&mut a1).await, "to a");
+    assert_eq!(recv_text(&mut a1).await, "2");
+    assert_eq!(recv_text(&mut a2).await, "to a");
+    assert_eq!(ask(&mut b1, "only mine").await, "only mine");
+    server.stop().await;
+}
+
+/// Connects to `path` until a fresh instance serves it (its `seen` is 2:
+/// the open and the `seen` itself); the previous instance may still be
+/// ending when the first attempts arrive.
+async fn fresh_instance(server: &TestServer, path: &str) -> Ws {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut ws = server.connect(path).await;
+        if ask(&mut ws, "seen").await == "2" {
+            return ws;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path} kept its instance"
+        );
+        ws.close(None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_emptied_instance_is_dropped_and_its_state_kept_for_the_keep_time() {
+    let server = TestServer::start(&["keyed"]).await;
+    let mut ws = server.connect("/keyed/room").await;
+    assert_eq!(ask(&mut ws, "count").await, "1");
+    assert_eq!(ask(&mut ws, "seen").await, "3");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    // A new instance (guest memory starts over), the same store.
+    let mut ws = fresh_instance(&server, "/keyed/room").await;
+    assert_eq!(ask(&mut ws, "count").await, "2");
+    server.stop().await;
+
+    // With no keep time, the store goes with the instance.
+    let mut config = test_config();
+    config.limits.keyed_state_keep_ms = 0;
+    let server = TestServer::start_with(&["keyed"], config).await;
+    let mut ws = server.connect("/keyed/room").await;
+    assert_eq!(ask(&mut ws, "count").await, "1");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let mut ws = fresh_instance(&server, "/keyed/room").await;
+    assert_eq!(ask(&mut ws, "count").await, "1");
+    server.stop().await;
+}
+
+/// Sends `spin 1000` in room `a`, then `hello` in room `b`, and returns the
+/// two replies in the order they arrived.
+async fn reply_order(server: &TestServer) -> Vec<String> {
+    let mut a = server.connect("/keyed/a").await;
+    let mut b = server.connect("/keyed/b").await;
+    assert_eq!(ask(&mut a, "warm").await, "warm");
+    assert_eq!(ask(&mut b, "warm").await, "warm");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    send_text(&mut a, "spin 1000").await;
+    send_text(&mut b, "hello").await;
+    let ta = tx.clone();
+    let wait_a = tokio::spawn(async move { ta.send(recv_text(&mut a).await).unwrap() });
+    let wait_b = tokio::spawn(async move { tx.send(recv_text(&mut b).await).unwrap() });
+    wait_a.await.unwrap();
+    wait_b.await.unwrap();
+    vec![rx.recv().await.unwrap(), rx.recv().await.unwrap()]
+}
+
+#[tokio::test]
+async fn a_busy_room_does_not_delay_another_room() {
+    let mut config = test_config();
+    config.sandbox.event_budget_ms = 10_000;
+    let server = TestServer::start_with(&["keyed"], config.clone()).await;
+    assert_eq!(reply_order(&server).await, ["hello", "spun"]);
+    server.stop().await;
+
+    // The same route made shared by the config: one instance, one event at
+    // a time, so room b waits for room a.
+    route_config(&mut config, "keyed", |route| {
+        route.instance = Some("shared".into())
+    });
+    let server = TestServer::start_with(&["keyed"], config).await;
+    assert_eq!(reply_order(&server).await, ["spun", "hello"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_instance_cap_answers_503() {
+    let mut config = test_config();
+    route_config(&mut config, "keyed", |route| route.max_instances = Some(2));
+    let server = TestServer::start_with(&["keyed"], config).await;
+    let mut a = server.connect("/keyed/a").await;
+    let b = server.connect("/keyed/b").await;
+    assert_eq!(server.refused_status("/keyed/c").await, 503);
+    // An existing instance still takes connections.
+    let mut a2 = server.connect("/keyed/a").await;
+    assert_eq!(ask(&mut a2, "same room").await, "same room");
+    drop(b);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut c = loop {
+        match tokio_tungstenite::connect_async(server.url("/keyed/c")).await {
+            Ok((ws, _)) => break ws,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(err) => panic!("room c never opened: {err}"),
+        }
+    };
+    assert_eq!(ask(&mut c, "in c").await, "in c");
+    assert_eq!(ask(&mut a, "in a").await, "in a");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn per_connection_instances_and_a_bad_key_override() {
+    let mut config = test_config();
+    route_config(&mut config, "keyed", |route| {
+        route.instance = Some("per-connection".into())
+    });
+    route_config(&mut config, "probe", |route| {
+        route.instance = Some("keyed:nothing".into())
+    });
+    let server = TestServer::start_with(&["keyed", "probe"], config).await;
+    let mut one = server.connect("/keyed/same").await;
+    let mut two = server.connect("/keyed/same").await;
+    assert_eq!(ask(&mut one, "connections").await.matches(',').count(), 0);
+    assert_eq!(ask(&mut two, "seen").await, "2");
+    assert_eq!(ask(&mut one, "seen").await, "3");
+    // The probe's override names a parameter its route does not capture.
+    assert_eq!(server.rejected.len(), 1, "{:?}", server.rejected);
+    assert!(
+        server.rejected[0].contains("probe.wasm"),
+        "{}",
+        server.rejected[0]
+    );
+    assert!(
+        server.rejected[0].contains("`nothing`"),
+        "{}",
+        server.rejected[0]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn groups_join_leave_publish_members_and_are_cleared_on_close() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut p1 = server.connect("/probe/").await;
+    let mut p2 = server.connect("/probe/").await;
+    let mut p3 = server.connect("/probe/").await;
+    let (id1, id2) = (id_of(&mut p1).await, id_of(&mut p2).await);
+    assert_eq!(ask(&mut p1, "join g").await, "ok ()");
+    assert_eq!(ask(&mut p1, "join g").await, "ok ()");
+    assert_eq!(ask(&mut p2, "join g").await, "ok ()");
+    let members: Vec<u64> = serde_json::from_str(&ask(&mut p3, "members g").await).unwrap();
+    assert_eq!(members, [id1, id2]);
+
+    assert_eq!(ask(&mut p3, "publish g to the group").await, "ok 2");
+    assert_eq!(recv_text(&mut p1).await, "to the group");
+    assert_eq!(recv_text(&mut p2).await, "to the group");
+    assert_eq!(ask(&mut p3, "publish nobody hello?").await, "ok 0");
+
+    assert_eq!(ask(&mut p2, "leave g").await, "ok true");
+    assert_eq!(ask(&mut p2, "leave g").await, "ok false");
+    assert_eq!(ask(&mut p3, "members g").await, format!("[{id1}]"));
+    let long = format!("join {}", "g".repeat(300));
+    assert_eq!(ask(&mut p1, &long).await, "err too-large");
+
+    p1.close(None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ask(&mut p3, "members g").await != "[]" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "membership outlived the connection"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn attachments_survive_a_trap_and_a_reload_and_end_with_the_connection() {
+    let mut server = TestServer::start(&["probe"]).await;
+    let mut owner = server.connect("/probe/").await;
+    let owner_id = id_of(&mut owner).await;
+    assert_eq!(ask(&mut owner, "attach nick-1").await, "ok ()");
+    let too_big = format!("attach {}", "x".repeat(17 << 10));
+    assert_eq!(ask(&mut owner, &too_big).await, "err too-large");
+    let read = format!("attachment {owner_id}");
+
+    let mut crasher = server.connect("/probe/").await;
+    assert_eq!(ask(&mut crasher, &read).await, "nick-1");
+    send_text(&mut crasher, "panic").await;
+    assert_eq!(expect_close(&mut crasher).await.code, CloseCode::Error);
+    let mut reader = server.connect("/probe/").await;
+    assert_eq!(ask(&mut reader, &read).await, "nick-1");
+
+    std::fs::write(server.file("probe.wasm"), module_variant("probe", 1)).unwrap();
+    server.until_live("probe.wasm").await;
+    assert_eq!(ask(&mut reader, &read).await, "nick-1");
+    assert_eq!(ask(&mut owner, "still here").await, "still here");
+
+    owner.close(None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while ask(&mut reader, &read).await != "none" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the attachment outlived its connection"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_reload_reaches_every_instance() {
+    let mut server = TestServer::start(&["keyed"]).await;
+    let mut a = server.connect("/keyed/a").await;
+    let mut b = server.connect("/keyed/b").await;
+    assert_eq!(ask(&mut a, "count").await, "1");
+    assert_eq!(ask(&mut b, "seen").await, "2");
+    std::fs::write(server.file("keyed.wasm"), module_variant("keyed", 1)).unwrap();
+    server.until_live("keyed.wasm").await;
+    // Both instances now run the new version: guest memory started over,
+    // the key-value store carried on.
+    assert_eq!(ask(&mut a, "seen").await, "1");
+    assert_eq!(ask(&mut b, "seen").await, "1");
+    assert_eq!(ask(&mut a, "count").await, "2");
+    server.stop().await;
+}
