@@ -223,6 +223,45 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<(Module, String
     Ok((module, hash))
 }
 
+/// Creates `count` instances of the module at `path`, spread over
+/// `parallel` tasks, each in a fresh store exactly as a new keyed instance
+/// gets one, and returns the wall time. For the benchmarks: it shows what
+/// the allocation strategy in `config.sandbox` costs per instance.
+pub async fn time_instantiation(
+    config: crate::Config,
+    path: &Path,
+    count: usize,
+    parallel: usize,
+) -> anyhow::Result<std::time::Duration> {
+    let runtime = Runtime::new(Arc::new(config))?;
+    let (module, _) = load(&runtime, path).await?;
+    let module = Arc::new(module);
+    let parallel = parallel.max(1);
+    let start = std::time::Instant::now();
+    let tasks: Vec<_> = (0..parallel)
+        .map(|task| {
+            let (runtime, module) = (runtime.clone(), module.clone());
+            let share = count / parallel + usize::from(task < count % parallel);
+            tokio::spawn(async move {
+                for _ in 0..share {
+                    let mut store = runtime.new_store(module.name.clone(), runtime.detached_owned());
+                    runtime.arm_budget(&mut store);
+                    module
+                        .pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|err| anyhow::anyhow!("instantiation failed: {err:#}"))?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(start.elapsed())
+}
+
 #[cfg(test)]
 mod tests {
     use super::valid_name;

@@ -5,6 +5,8 @@
 //! - `count`: increments and returns a counter in the instance's key-value
 //!   store (host-owned: kept a while after the instance is dropped).
 //! - `spin <ms>`: busy-waits that long, then answers `spun`.
+//! - `work <n>`: `n` rounds of a hash computation (CPU work whose cost does
+//!   not depend on the clock), answering the result.
 //! - `connections`: `host.connections()`, scoped to this instance.
 //! - `broadcast <text>`: to this instance's connections; answers the count.
 
@@ -41,6 +43,14 @@ impl Controller for Keyed {
                     std::hint::spin_loop();
                 }
                 Message::text("spun")
+            }
+            "work" => {
+                let rounds: u64 = arg.parse().unwrap_or(0);
+                let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+                for i in 0..rounds {
+                    hash = (hash ^ i).wrapping_mul(0x0100_0000_01b3);
+                }
+                Message::text(std::hint::black_box(hash).to_string())
             }
             "connections" => Message::json(&switchyard_sdk::connections()),
             "broadcast" => {
