@@ -147,25 +147,32 @@ impl Guard {
                 DecodingKey::from_secret(secret.as_bytes()),
             ));
         }
-        if let Some(file) = &auth.rs256_public_key {
-            let key =
-                DecodingKey::from_rsa_pem(&read_pem(file, "rs256_public_key")?).map_err(|err| {
-                    anyhow::anyhow!(
-                        "`auth.rs256_public_key`: {} is not an RSA public key in PEM: {err}",
-                        file.display()
-                    )
-                })?;
-            keys.push((Algorithm::RS256, key));
-        }
-        if let Some(file) = &auth.es256_public_key {
-            let key =
-                DecodingKey::from_ec_pem(&read_pem(file, "es256_public_key")?).map_err(|err| {
-                    anyhow::anyhow!(
-                        "`auth.es256_public_key`: {} is not a P-256 public key in PEM: {err}",
-                        file.display()
-                    )
-                })?;
-            keys.push((Algorithm::ES256, key));
+        type Parse = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+        let public_keys: [(&Option<std::path::PathBuf>, &str, Algorithm, Parse, &str); 2] = [
+            (
+                &auth.rs256_public_key,
+                "rs256_public_key",
+                Algorithm::RS256,
+                DecodingKey::from_rsa_pem,
+                "an RSA",
+            ),
+            (
+                &auth.es256_public_key,
+                "es256_public_key",
+                Algorithm::ES256,
+                DecodingKey::from_ec_pem,
+                "a P-256",
+            ),
+        ];
+        for (file, setting, algorithm, parse, kind) in public_keys {
+            let Some(file) = file else { continue };
+            let key = parse(&read_pem(file, setting)?).map_err(|err| {
+                anyhow::anyhow!(
+                    "`auth.{setting}`: {} is not {kind} public key in PEM: {err}",
+                    file.display()
+                )
+            })?;
+            keys.push((algorithm, key));
         }
         let verifiers = keys
             .into_iter()
@@ -549,6 +556,31 @@ mod tests {
         assert_eq!(principal.roles, ["ROLE_ADMIN"]);
         let err = mint(&Config::default(), "a", &[], Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().contains("auth.hs256_secret"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_or_wrong_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a key").unwrap();
+        let mut config = Config::default();
+        config.auth.rs256_public_key = Some(garbage);
+        let err = Guard::new(&config).err().unwrap().to_string();
+        assert!(
+            err.contains("auth.rs256_public_key") && err.contains("not an RSA public key"),
+            "{err}"
+        );
+        config.auth.rs256_public_key = None;
+        config.auth.es256_public_key = Some(dir.path().join("missing.pem"));
+        let err = Guard::new(&config).err().unwrap().to_string();
+        assert!(
+            err.contains("auth.es256_public_key") && err.contains("missing.pem"),
+            "{err}"
+        );
+        config.auth.es256_public_key = None;
+        config.auth.hs256_secret_env = Some("SWITCHYARD_TEST_UNSET_SECRET".into());
+        let err = Guard::new(&config).err().unwrap().to_string();
+        assert!(err.contains("SWITCHYARD_TEST_UNSET_SECRET"), "{err}");
     }
 
     #[test]
