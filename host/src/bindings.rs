@@ -58,9 +58,9 @@ impl From<&crate::connection::ConnectionInfo> for Connection {
     }
 }
 
-impl From<switchyard::controller::types::InstanceMode> for crate::config::InstanceMode {
-    fn from(mode: switchyard::controller::types::InstanceMode) -> Self {
-        use switchyard::controller::types::InstanceMode;
+impl From<self::switchyard::controller::types::InstanceMode> for crate::config::InstanceMode {
+    fn from(mode: self::switchyard::controller::types::InstanceMode) -> Self {
+        use self::switchyard::controller::types::InstanceMode;
         match mode {
             InstanceMode::Shared => crate::config::InstanceMode::Shared,
             InstanceMode::Keyed(param) => crate::config::InstanceMode::Keyed(param),
