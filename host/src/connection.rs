@@ -197,17 +197,21 @@ enum WriterExit {
 
 type WsSink = SplitSink<WebSocketStream<TcpStream>, WsMessage>;
 
+/// Writes what is queued, up to [`WRITE_BATCH`] frames, then flushes once.
+/// Waits for the first frame; takes the rest only if already queued, so an
+/// idle connection holds no batch buffer.
 async fn write_batch(
     sink: &mut WsSink,
     rx: &mut mpsc::Receiver<Outgoing>,
-    batch: &mut Vec<Outgoing>,
     handle: &ConnHandle,
 ) -> Result<Option<CloseFrame>, WsError> {
-    if rx.recv_many(batch, WRITE_BATCH).await == 0 {
+    let Some(first) = rx.recv().await else {
         // Every sender is gone: nothing more can be queued.
         return Ok(Some(close_frame(CloseCode::Away, "")));
-    }
-    for out in batch.drain(..) {
+    };
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(out) = next.take() {
         match out {
             Outgoing::Frame(frame) => {
                 let len = frame.len();
@@ -218,6 +222,10 @@ async fn write_batch(
                 sink.send(WsMessage::Close(Some(frame.clone()))).await?;
                 return Ok(Some(frame));
             }
+        }
+        written += 1;
+        if written < WRITE_BATCH {
+            next = rx.try_recv().ok();
         }
     }
     sink.flush().await?;
@@ -230,12 +238,11 @@ async fn run_writer(
     handle: Arc<ConnHandle>,
     close_timeout: Duration,
 ) -> WriterExit {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
         let step = tokio::select! {
             biased;
             () = handle.kill.notified() => None,
-            step = write_batch(&mut sink, &mut rx, &mut batch, &handle) => Some(step),
+            step = write_batch(&mut sink, &mut rx, &handle) => Some(step),
         };
         match step {
             None => {

@@ -77,12 +77,12 @@ pub enum ReadError {
 pub async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> {
     let mut buf = Vec::with_capacity(1024);
     loop {
-        let mut chunk = [0u8; 2048];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        // Read into the vector itself: a buffer on the stack would live in
+        // the connection task's future for the connection's whole life.
+        buf.reserve(1024);
+        if stream.read_buf(&mut buf).await? == 0 {
             return Err(ReadError::Closed);
         }
-        buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
         match parsed.parse(&buf) {

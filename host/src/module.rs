@@ -244,7 +244,8 @@ pub async fn time_instantiation(
             let share = count / parallel + usize::from(task < count % parallel);
             tokio::spawn(async move {
                 for _ in 0..share {
-                    let mut store = runtime.new_store(module.name.clone(), runtime.detached_owned());
+                    let mut store =
+                        runtime.new_store(module.name.clone(), runtime.detached_owned());
                     runtime.arm_budget(&mut store);
                     module
                         .pre

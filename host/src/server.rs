@@ -36,6 +36,9 @@ use crate::route::Lease;
 use crate::router::parse_query;
 use crate::runtime::Runtime;
 
+/// Bytes of outgoing frames collected before a write to the socket.
+const WRITE_BUFFER: usize = 64 << 10;
+
 /// A route as the server serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSummary {
@@ -332,15 +335,20 @@ impl Accepted {
             .read_buffer_size(limits.read_buffer_bytes)
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_frame_bytes))
-            .write_buffer_size(0)
-            .max_write_buffer_size(limits.outbound_queue_bytes + limits.max_message_bytes);
-        let ws = WebSocketStream::from_partially_read(
-            stream,
-            request.leftover,
-            Role::Server,
-            Some(ws_config),
-        )
-        .await;
+            // Frames fed by the writer collect here and go out in one write
+            // at its flush, instead of one system call per frame.
+            .write_buffer_size(WRITE_BUFFER)
+            .max_write_buffer_size(
+                WRITE_BUFFER + limits.outbound_queue_bytes + limits.max_message_bytes,
+            );
+        let mut request = request;
+        let leftover = std::mem::take(&mut request.leftover);
+        // Headers are not needed past the upgrade; do not keep them for the
+        // connection's life.
+        drop(request);
+        let ws =
+            WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config))
+                .await;
         connection::run(ws, info, lease.handle.clone(), limits, self.stopping).await;
         // Dropping the lease may drop the instance, once on-close is queued.
         drop(lease);
