@@ -10,15 +10,16 @@
 //! ends, [`run`] sends exactly one [`Event::Close`], after which the
 //! controller calls `on-close`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -76,13 +77,29 @@ enum Outgoing {
     Close(CloseFrame),
 }
 
+/// What waits to be written, with its payload size. Allocated on first use
+/// and given back when drained after a burst, so an idle connection holds
+/// no queue memory.
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Outgoing>,
+    bytes: usize,
+    /// The writer is gone: nothing queued from now on would be written.
+    done: bool,
+}
+
+/// Queue capacity kept after draining; a larger one is given back.
+const KEEP_QUEUE_CAPACITY: usize = 8;
+
 /// The sending side of a connection, shared by its reader, its controller
 /// and the host functions. Every method returns at once.
 pub struct ConnHandle {
     id: u64,
-    tx: mpsc::Sender<Outgoing>,
-    /// Payload bytes waiting in the queue, to bound memory as well as count.
-    queued_bytes: AtomicUsize,
+    /// A std mutex: held only to push or pop, never across an await.
+    queue: Mutex<Queue>,
+    /// Wakes the writer when frames are queued.
+    ready: Notify,
+    max_queued_messages: usize,
     max_queued_bytes: usize,
     /// Set once a close has been queued or forced; later sends are refused.
     closing: AtomicBool,
@@ -93,7 +110,26 @@ pub struct ConnHandle {
     kill_frame: Mutex<Option<CloseFrame>>,
 }
 
+/// Why [`ConnHandle::enqueue`] refused.
+enum EnqueueError {
+    Full,
+    Done,
+}
+
 impl ConnHandle {
+    fn new(id: u64, limits: &crate::config::Limits) -> ConnHandle {
+        ConnHandle {
+            id,
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            max_queued_messages: limits.outbound_queue_messages,
+            max_queued_bytes: limits.outbound_queue_bytes,
+            closing: AtomicBool::new(false),
+            kill: Notify::new(),
+            kill_frame: Mutex::new(None),
+        }
+    }
+
     /// The connection's id.
     pub fn id(&self) -> u64 {
         self.id
@@ -104,6 +140,50 @@ impl ConnHandle {
         self.closing.load(Ordering::Acquire)
     }
 
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().expect("outbound queue lock")
+    }
+
+    /// Appends `out` (of `len` payload bytes) if the limits allow, and
+    /// wakes the writer.
+    fn enqueue(&self, out: Outgoing, len: usize) -> Result<(), EnqueueError> {
+        let mut queue = self.queue();
+        if queue.done {
+            return Err(EnqueueError::Done);
+        }
+        if queue.frames.len() >= self.max_queued_messages
+            || queue.bytes + len > self.max_queued_bytes
+        {
+            return Err(EnqueueError::Full);
+        }
+        queue.frames.push_back(out);
+        queue.bytes += len;
+        drop(queue);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next frame to write, if any.
+    fn dequeue(&self) -> Option<Outgoing> {
+        let mut queue = self.queue();
+        let out = queue.frames.pop_front()?;
+        if let Outgoing::Frame(frame) = &out {
+            queue.bytes -= frame.len();
+        }
+        if queue.frames.is_empty() && queue.frames.capacity() > KEEP_QUEUE_CAPACITY {
+            queue.frames = VecDeque::new();
+        }
+        Some(out)
+    }
+
+    /// The writer is gone: drop what is queued and refuse the rest.
+    fn finish(&self) {
+        let mut queue = self.queue();
+        queue.done = true;
+        queue.frames = VecDeque::new();
+        queue.bytes = 0;
+    }
+
     /// Queues a data frame. The payload is shared, not copied, so one
     /// broadcast frame is encoded once for all recipients.
     pub fn push(&self, frame: WsMessage) -> Result<(), PushError> {
@@ -111,24 +191,13 @@ impl ConnHandle {
             return Err(PushError::Closed);
         }
         let len = frame.len();
-        let queued = self.queued_bytes.fetch_add(len, Ordering::AcqRel) + len;
-        if queued > self.max_queued_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            self.force_close(CloseCode::Policy, "slow consumer");
-            return Err(PushError::SlowConsumer);
-        }
-        match self.tx.try_send(Outgoing::Frame(frame)) {
+        match self.enqueue(Outgoing::Frame(frame), len) {
             Ok(()) => Ok(()),
-            Err(err) => {
-                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                match err {
-                    mpsc::error::TrySendError::Full(_) => {
-                        self.force_close(CloseCode::Policy, "slow consumer");
-                        Err(PushError::SlowConsumer)
-                    }
-                    mpsc::error::TrySendError::Closed(_) => Err(PushError::Closed),
-                }
+            Err(EnqueueError::Full) => {
+                self.force_close(CloseCode::Policy, "slow consumer");
+                Err(PushError::SlowConsumer)
             }
+            Err(EnqueueError::Done) => Err(PushError::Closed),
         }
     }
 
@@ -139,14 +208,14 @@ impl ConnHandle {
             return Err(PushError::Closed);
         }
         let frame = close_frame(CloseCode::from(code), reason);
-        match self.tx.try_send(Outgoing::Close(frame.clone())) {
+        match self.enqueue(Outgoing::Close(frame.clone()), 0) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(EnqueueError::Full) => {
                 // No room behind the queued frames: close at once instead.
                 self.kill_with(frame);
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(PushError::Closed),
+            Err(EnqueueError::Done) => Err(PushError::Closed),
         }
     }
 
@@ -198,26 +267,22 @@ enum WriterExit {
 type WsSink = SplitSink<WebSocketStream<TcpStream>, WsMessage>;
 
 /// Writes what is queued, up to [`WRITE_BATCH`] frames, then flushes once.
-/// Waits for the first frame; takes the rest only if already queued, so an
-/// idle connection holds no batch buffer.
+/// Waits until something is queued.
 async fn write_batch(
     sink: &mut WsSink,
-    rx: &mut mpsc::Receiver<Outgoing>,
     handle: &ConnHandle,
 ) -> Result<Option<CloseFrame>, WsError> {
-    let Some(first) = rx.recv().await else {
-        // Every sender is gone: nothing more can be queued.
-        return Ok(Some(close_frame(CloseCode::Away, "")));
+    let first = loop {
+        if let Some(out) = handle.dequeue() {
+            break out;
+        }
+        handle.ready.notified().await;
     };
     let mut next = Some(first);
     let mut written = 0;
     while let Some(out) = next.take() {
         match out {
-            Outgoing::Frame(frame) => {
-                let len = frame.len();
-                sink.feed(frame).await?;
-                handle.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            }
+            Outgoing::Frame(frame) => sink.feed(frame).await?,
             Outgoing::Close(frame) => {
                 sink.send(WsMessage::Close(Some(frame.clone()))).await?;
                 return Ok(Some(frame));
@@ -225,7 +290,7 @@ async fn write_batch(
         }
         written += 1;
         if written < WRITE_BATCH {
-            next = rx.try_recv().ok();
+            next = handle.dequeue();
         }
     }
     sink.flush().await?;
@@ -234,7 +299,6 @@ async fn write_batch(
 
 async fn run_writer(
     mut sink: WsSink,
-    mut rx: mpsc::Receiver<Outgoing>,
     handle: Arc<ConnHandle>,
     close_timeout: Duration,
 ) -> WriterExit {
@@ -242,7 +306,7 @@ async fn run_writer(
         let step = tokio::select! {
             biased;
             () = handle.kill.notified() => None,
-            step = write_batch(&mut sink, &mut rx, &handle) => Some(step),
+            step = write_batch(&mut sink, &handle) => Some(step),
         };
         match step {
             None => {
@@ -361,18 +425,9 @@ pub async fn run(
     let route = info.route.clone();
     let expires_at = info.expires_at;
     let (sink, mut stream) = ws.split();
-    let (tx, rx) = mpsc::channel(limits.outbound_queue_messages);
-    let handle = Arc::new(ConnHandle {
-        id,
-        tx,
-        queued_bytes: AtomicUsize::new(0),
-        max_queued_bytes: limits.outbound_queue_bytes,
-        closing: AtomicBool::new(false),
-        kill: Notify::new(),
-        kill_frame: Mutex::new(None),
-    });
+    let handle = Arc::new(ConnHandle::new(id, limits));
     let close_timeout = limits.close_timeout();
-    let mut writer = tokio::spawn(run_writer(sink, rx, handle.clone(), close_timeout));
+    let mut writer = tokio::spawn(run_writer(sink, handle.clone(), close_timeout));
     info!(route = %route, conn = id, peer = %info.peer, path = %info.path, "connection opened");
 
     let open = Event::Open {
@@ -484,6 +539,7 @@ pub async fn run(
         }
     }
     writer.abort();
+    handle.finish();
     let (code, reason) = first_close.unwrap_or((CLOSE_ABNORMAL, String::new()));
     info!(route = %route, conn = id, code, reason = %reason, "connection closed");
     // The queue is bounded; this waits only if the controller is busy.
