@@ -12,9 +12,9 @@
 //! state. [`RouteShared`] holds what belongs to the route rather than to
 //! an instance: every open connection, group membership and attachments.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -167,7 +167,29 @@ struct Instances {
     /// Key-value stores of keyed instances, with the time their instance
     /// was dropped (`None` while it lives).
     kept: HashMap<String, (SharedKv, Option<Instant>)>,
+    /// Dropped keys in the order they were dropped, so expired stores are
+    /// found without scanning them all.
+    expiring: VecDeque<(Instant, String)>,
     retired: bool,
+}
+
+impl Instances {
+    /// Forgets the stores of keys dropped `keep` ago or more and not
+    /// used since.
+    fn expire(&mut self, keep: Duration) {
+        while let Some((dropped, _)) = self.expiring.front()
+            && dropped.elapsed() >= keep
+        {
+            let (dropped, key) = self.expiring.pop_front().expect("front exists");
+            if self
+                .kept
+                .get(&key)
+                .is_some_and(|(_, at)| *at == Some(dropped))
+            {
+                self.kept.remove(&key);
+            }
+        }
+    }
 }
 
 struct Live {
@@ -277,10 +299,7 @@ impl RouteHandle {
             )
             .with_header("Retry-After", "1"));
         }
-        let keep = self.runtime.config().limits.keyed_state_keep();
-        instances
-            .kept
-            .retain(|_, (_, dropped)| dropped.is_none_or(|at| at.elapsed() < keep));
+        instances.expire(self.runtime.config().limits.keyed_state_keep());
         let kv = match &key {
             InstanceKey::Keyed(value) => {
                 let (kv, dropped) = instances
@@ -375,7 +394,42 @@ impl Drop for Lease {
         if let InstanceKey::Keyed(value) = &self.key
             && let Some((_, dropped)) = instances.kept.get_mut(value)
         {
-            *dropped = Some(Instant::now());
+            let now = Instant::now();
+            *dropped = Some(now);
+            instances.expiring.push_back((now, value.clone()));
         }
+        instances.expire(self.route.runtime.config().limits.keyed_state_keep());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_forgets_only_stores_dropped_long_enough_and_not_reused() {
+        let kv = || -> SharedKv { Arc::new(Mutex::new(crate::state::KvStore::new(16, 64))) };
+        let long_ago = Instant::now() - Duration::from_secs(10);
+        let now = Instant::now();
+        let mut instances = Instances::default();
+        for (key, dropped) in [
+            ("old", Some(long_ago)),
+            ("recent", Some(now)),
+            ("reused", None),
+        ] {
+            instances.kept.insert(key.into(), (kv(), dropped));
+        }
+        instances.expiring.push_back((long_ago, "old".into()));
+        // Dropped long ago, then taken again by a new instance.
+        instances.expiring.push_back((long_ago, "reused".into()));
+        instances.expiring.push_back((now, "recent".into()));
+        instances.expire(Duration::from_secs(5));
+        let mut left: Vec<&str> = instances.kept.keys().map(String::as_str).collect();
+        left.sort();
+        assert_eq!(left, ["recent", "reused"]);
+        assert_eq!(instances.expiring.len(), 1);
+        instances.expire(Duration::ZERO);
+        assert!(!instances.kept.contains_key("recent"));
+        assert!(instances.kept.contains_key("reused"));
     }
 }
