@@ -306,10 +306,13 @@ impl Guard {
                 .ok_or_else(|| TokenError::BadClaim(self.roles_claim.clone()))?,
             Some(_) => return Err(TokenError::BadClaim(self.roles_claim.clone())),
         };
+        // `exp` may be a float; a time beyond what the clock can hold
+        // counts as never.
         let expires_at = claims
             .get("exp")
-            .and_then(Value::as_u64)
-            .map(|exp| UNIX_EPOCH + Duration::from_secs(exp) + self.leeway);
+            .and_then(|exp| exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64)))
+            .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs(exp)))
+            .and_then(|at| at.checked_add(self.leeway));
         Ok(Principal {
             user,
             roles: self.reachable(roles),
@@ -506,6 +509,21 @@ mod tests {
                 }))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn float_and_huge_expiry_times_are_read() {
+        let (_, guard) = guard("leeway_s = 0\n");
+        let exp = (now() + 60) as f64 + 0.5;
+        let principal = guard
+            .verify(&token(serde_json::json!({"exp": exp})))
+            .unwrap();
+        let at = principal.expires_at.expect("a float exp is read");
+        assert!(at > SystemTime::now());
+        let never = guard
+            .verify(&token(serde_json::json!({"exp": u64::MAX})))
+            .unwrap();
+        assert_eq!(never.expires_at, None);
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct ConnHandle {
     closing: AtomicBool,
     /// Wakes the writer to drop what is queued and close at once.
     kill: Notify,
+    /// Tells the reader that closing started, so it arms the close
+    /// deadline whoever started it.
+    closing_started: Notify,
     /// The close frame to send when killed. A std mutex: held only to
     /// store or take the frame, never across an await.
     kill_frame: Mutex<Option<CloseFrame>>,
@@ -126,6 +129,7 @@ impl ConnHandle {
             max_queued_bytes: limits.outbound_queue_bytes,
             closing: AtomicBool::new(false),
             kill: Notify::new(),
+            closing_started: Notify::new(),
             kill_frame: Mutex::new(None),
         }
     }
@@ -207,6 +211,7 @@ impl ConnHandle {
         if self.closing.swap(true, Ordering::AcqRel) {
             return Err(PushError::Closed);
         }
+        self.closing_started.notify_one();
         let frame = close_frame(CloseCode::from(code), reason);
         match self.enqueue(Outgoing::Close(frame.clone()), 0) {
             Ok(()) => Ok(()),
@@ -224,6 +229,7 @@ impl ConnHandle {
         if self.closing.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.closing_started.notify_one();
         warn!(
             conn = self.id,
             code = u16::from(code),
@@ -532,6 +538,13 @@ pub async fn run(
                     Ok(WriterExit::Failed) | Err(_) => break,
                 }
             },
+            // However closing started (the controller, the idle timeout, the
+            // token's expiry, the shutdown), the peer gets the close timeout
+            // to finish it, even if it stopped reading and writing.
+            () = handle.closing_started.notified(), if !closing => {
+                close_timer.as_mut().reset(Instant::now() + close_timeout);
+                closing = true;
+            },
             () = &mut close_timer, if closing => break,
             () = shutdown.cancelled(), if !handle.is_closing() => {
                 let _ = handle.close(1001, "server shutting down");
@@ -543,5 +556,19 @@ pub async fn run(
     let (code, reason) = first_close.unwrap_or((CLOSE_ABNORMAL, String::new()));
     info!(route = %route, conn = id, code, reason = %reason, "connection closed");
     // The queue is bounded; this waits only if the controller is busy.
-    let _ = controller.send(Event::Close { id, code, reason }).await;
+    // Then wait for on-close to finish, so that whoever drops the instance
+    // after this (the lease) never overlaps it with its successor.
+    let (done, finished) = tokio::sync::oneshot::channel();
+    if controller
+        .send(Event::Close {
+            id,
+            code,
+            reason,
+            done: Some(done),
+        })
+        .await
+        .is_ok()
+    {
+        let _ = finished.await;
+    }
 }

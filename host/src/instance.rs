@@ -59,6 +59,8 @@ pub enum Event {
         code: u16,
         /// The close reason.
         reason: String,
+        /// Signalled once `on-close` has run (or was skipped).
+        done: Option<oneshot::Sender<()>>,
     },
     /// Hot reload: continue with an instance of `module`, keeping the
     /// connections and key-value store. Answers whether it went live.
@@ -275,7 +277,14 @@ impl Actor {
                 }
                 (id, result)
             }
-            Event::Close { id, code, reason } => {
+            Event::Close {
+                id,
+                code,
+                reason,
+                done,
+            } => {
+                // Dropping `done` at the end of this arm signals the waiter.
+                let _done = done;
                 self.store.data_mut().owned.conns.remove(&id);
                 let Some(record) = self.records.remove(&id) else {
                     self.store.data().owned.route.forget(id);

@@ -254,6 +254,9 @@ impl RouteHandle {
         params: &[(String, String)],
         id: u64,
     ) -> Result<Lease, Rejection> {
+        // Under the lock, so that a concurrent swap either finds this
+        // instance in `live` or has already stored the version it gets.
+        let mut instances = self.lock();
         let module = self.module();
         let key = match &module.instance {
             InstanceMode::Shared => InstanceKey::Shared,
@@ -266,7 +269,6 @@ impl RouteHandle {
                     .unwrap_or_default(),
             ),
         };
-        let mut instances = self.lock();
         if instances.retired {
             return Err(Rejection::new(
                 503,
@@ -337,14 +339,13 @@ impl RouteHandle {
             ));
         }
         // New instances start from the new version from now on; the live
-        // ones switch between two events.
-        self.module.store(module.clone());
-        let handles: Vec<_> = self
-            .lock()
-            .live
-            .values()
-            .map(|l| l.handle.clone())
-            .collect();
+        // ones switch between two events. Both under the lock, so that no
+        // instance created meanwhile is missed.
+        let handles: Vec<_> = {
+            let instances = self.lock();
+            self.module.store(module.clone());
+            instances.live.values().map(|l| l.handle.clone()).collect()
+        };
         for (i, handle) in handles.iter().enumerate() {
             if let Err(reason) = handle.swap(module.clone()).await {
                 if i == 0 {

@@ -254,3 +254,37 @@ async fn graceful_shutdown_runs_every_on_close_and_sends_1001() {
             .await;
     }
 }
+
+#[tokio::test]
+async fn a_close_to_a_client_that_stopped_reading_ends_within_the_close_timeout() {
+    let mut config = test_config();
+    config.limits.outbound_queue_bytes = 256 << 20;
+    config.limits.outbound_queue_messages = 100_000;
+    let server = TestServer::start_with(&["probe"], config).await;
+    let mut watcher = server.connect("/probe/").await;
+    // A client that never reads (nor answers a close frame).
+    let _stalled = raw_upgrade(server.addr, "/probe/").await;
+    let newest_open = |log: &[String]| {
+        log.iter()
+            .filter_map(|e| e.strip_prefix("open ")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    let watcher_id = id_of(&mut watcher).await;
+    let log = events_until(&mut watcher, |log| newest_open(log) > watcher_id).await;
+    let stalled = newest_open(&log);
+    // Fill its socket buffers and then some, so the writer is stuck.
+    for _ in 0..40 {
+        let answer = ask(&mut watcher, &format!("sendn {stalled} 1000000")).await;
+        assert_eq!(answer, "ok ()");
+    }
+    let answer = ask(&mut watcher, &format!("close {stalled} 1000 bye")).await;
+    assert_eq!(answer, "ok ()");
+    // The close frame cannot get through; the close timeout ends it.
+    let closed = format!("close {stalled} ");
+    events_until(&mut watcher, |log| {
+        log.iter().any(|e| e.starts_with(&closed))
+    })
+    .await;
+    server.stop().await;
+}
