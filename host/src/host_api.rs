@@ -19,7 +19,6 @@ use crate::bindings::switchyard::controller::types::{HostError, LogLevel};
 use crate::bindings::switchyard::controller::{host, types};
 use crate::connection::{ConnHandle, PushError};
 use crate::route::{MAX_GROUP_NAME, RouteShared};
-use crate::runtime::StoreSlot;
 use crate::state::{KvStore, SharedKv};
 
 /// Open connections of one controller instance, by id. Ids grow with time,
@@ -71,8 +70,6 @@ pub struct HostState {
     pub max_message_bytes: usize,
     /// Largest attachment a controller may set.
     attachment_bytes: usize,
-    /// Counts the store among the live ones while it exists.
-    _slot: StoreSlot,
     /// Epoch ticks left for the running event; see `instance`.
     pub ticks_left: u64,
     /// Caps the instance's memory.
@@ -89,7 +86,6 @@ impl HostState {
         max_message_bytes: usize,
         attachment_bytes: usize,
         limits: StoreLimits,
-        slot: StoreSlot,
     ) -> Self {
         // No preopened directories, no network, no environment, no args.
         let wasi = WasiCtx::builder()
@@ -104,7 +100,6 @@ impl HostState {
             route,
             max_message_bytes,
             attachment_bytes,
-            _slot: slot,
             ticks_left: 0,
             limits,
             wasi,

@@ -24,7 +24,7 @@ use crate::config::InstanceMode;
 use crate::connection::{ConnHandle, ConnectionInfo};
 use crate::host_api::{HostOwned, HostState};
 use crate::module::Module;
-use crate::runtime::Runtime;
+use crate::runtime::{InstanceSlot, Runtime};
 
 /// Something that happened on a connection, for its controller.
 pub enum Event {
@@ -91,9 +91,10 @@ impl ControllerHandle {
         module: Arc<Module>,
         event_queue: usize,
         owned: HostOwned,
+        slot: Option<InstanceSlot>,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(event_queue);
-        tokio::spawn(run(runtime, module.clone(), owned, rx));
+        tokio::spawn(run(runtime, module.clone(), owned, slot, rx));
         Arc::new(ControllerHandle {
             tx,
             module: ArcSwap::new(module),
@@ -192,6 +193,8 @@ async fn run(
     runtime: Arc<Runtime>,
     module: Arc<Module>,
     owned: HostOwned,
+    // Held for the instance's life: its place in the pool.
+    _slot: Option<InstanceSlot>,
     mut rx: mpsc::Receiver<Event>,
 ) {
     let (store, controller) = instantiate_with_backoff(&runtime, &module, owned, 0).await;

@@ -25,7 +25,7 @@ use crate::handshake::Rejection;
 use crate::host_api::HostOwned;
 use crate::instance::{ControllerHandle, Event};
 use crate::module::Module;
-use crate::runtime::Runtime;
+use crate::runtime::{InstanceSlot, Runtime};
 use crate::state::SharedKv;
 
 /// Longest group name, in bytes.
@@ -218,7 +218,10 @@ impl RouteHandle {
             instances: Mutex::new(Instances::default()),
         });
         if module.instance == InstanceMode::Shared {
-            let handle = route.spawn(module, route.runtime.new_kv());
+            // A shared instance is part of loading the module: it takes a
+            // pool place when one is free but is never refused for it.
+            let slot = route.runtime.reserve_instance();
+            let handle = route.spawn(module, route.runtime.new_kv(), slot);
             route
                 .lock()
                 .live
@@ -231,9 +234,14 @@ impl RouteHandle {
         self.instances.lock().expect("route instances lock")
     }
 
-    fn spawn(&self, module: Arc<Module>, kv: SharedKv) -> Arc<ControllerHandle> {
+    fn spawn(
+        &self,
+        module: Arc<Module>,
+        kv: SharedKv,
+        slot: Option<InstanceSlot>,
+    ) -> Arc<ControllerHandle> {
         let owned = HostOwned::new(kv, self.shared.clone());
-        ControllerHandle::spawn(self.runtime.clone(), module, self.event_queue, owned)
+        ControllerHandle::spawn(self.runtime.clone(), module, self.event_queue, owned, slot)
     }
 
     /// The version serving new instances.
@@ -294,13 +302,13 @@ impl RouteHandle {
             )
             .with_header("Retry-After", "1"));
         }
-        if !self.runtime.has_room() {
+        let Some(slot) = self.runtime.reserve_instance() else {
             return Err(Rejection::new(
                 503,
                 "the server is at its instance limit (sandbox.pool_instances); try again later",
             )
             .with_header("Retry-After", "1"));
-        }
+        };
         instances.expire(self.runtime.config().limits.keyed_state_keep());
         let kv = match &key {
             InstanceKey::Keyed(value) => {
@@ -313,7 +321,7 @@ impl RouteHandle {
             }
             _ => self.runtime.new_kv(),
         };
-        let handle = self.spawn(module, kv);
+        let handle = self.spawn(module, kv, Some(slot));
         instances.live.insert(
             key.clone(),
             Live {

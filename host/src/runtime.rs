@@ -38,11 +38,11 @@ fn context(what: &'static str) -> impl FnOnce(wasmtime::Error) -> anyhow::Error 
 pub struct Runtime {
     config: Arc<Config>,
     engine: Engine,
-    /// Stores alive now, each holding at most one instance: bounded by the
-    /// pool's size when pooling.
-    live_stores: Arc<AtomicUsize>,
-    /// The most stores that may be alive at once, if bounded.
-    max_stores: Option<usize>,
+    /// Controller instances alive now (each an actor with one store, two
+    /// for a moment during a swap), reserved before they are created.
+    live_instances: Arc<AtomicUsize>,
+    /// The most instances that may be alive at once, if bounded by a pool.
+    max_instances: Option<usize>,
     linker: Linker<HostState>,
     /// Epoch ticks one event may use.
     budget_ticks: u64,
@@ -58,14 +58,14 @@ impl Runtime {
     pub fn new(config: Arc<Config>) -> anyhow::Result<Arc<Runtime>> {
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true).epoch_interruption(true);
-        let mut max_stores = None;
+        let mut max_instances = None;
         let engine = if config.sandbox.pooling {
             let slots = config.sandbox.pool_instances;
             let mut pooled = wasm.clone();
             pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(&config)));
             match Engine::new(&pooled) {
                 Ok(engine) => {
-                    max_stores = Some(slots as usize);
+                    max_instances = Some(slots as usize);
                     engine
                 }
                 Err(err) => {
@@ -98,8 +98,8 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             config: config.clone(),
             engine,
-            live_stores: Arc::new(AtomicUsize::new(0)),
-            max_stores,
+            live_instances: Arc::new(AtomicUsize::new(0)),
+            max_instances,
             linker,
             budget_ticks: config.sandbox.event_budget_ms.div_ceil(tick_ms).max(1),
             max_memory_bytes: config.sandbox.max_memory_bytes,
@@ -114,12 +114,25 @@ impl Runtime {
         &self.config
     }
 
-    /// Whether one more instance fits in the pool, keeping a few slots for
-    /// loading modules and swapping versions.
-    pub fn has_room(&self) -> bool {
+    /// Reserves room for one more instance, or `None` when the pool is
+    /// full (a few slots stay free for loading modules and swapping
+    /// versions). Taken before the instance is created, so a burst of new
+    /// keys cannot overfill the pool.
+    pub fn reserve_instance(&self) -> Option<InstanceSlot> {
         const RESERVED: usize = 8;
-        self.max_stores
-            .is_none_or(|max| self.live_stores.load(Ordering::Acquire) + RESERVED < max)
+        let live = &self.live_instances;
+        match self.max_instances {
+            None => {
+                live.fetch_add(1, Ordering::AcqRel);
+            }
+            Some(max) => {
+                live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n + RESERVED < max).then_some(n + 1)
+                })
+                .ok()?;
+            }
+        }
+        Some(InstanceSlot(live.clone()))
     }
 
     /// The engine.
@@ -158,7 +171,6 @@ impl Runtime {
             self.max_message_bytes,
             self.config.sandbox.attachment_bytes,
             limits,
-            StoreSlot::new(self.live_stores.clone()),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -202,17 +214,10 @@ fn pool(config: &Config) -> PoolingAllocationConfig {
     pool
 }
 
-/// Counts a store as alive until it is dropped.
-pub struct StoreSlot(Arc<AtomicUsize>);
+/// One reserved instance place, given back when dropped.
+pub struct InstanceSlot(Arc<AtomicUsize>);
 
-impl StoreSlot {
-    fn new(live: Arc<AtomicUsize>) -> StoreSlot {
-        live.fetch_add(1, Ordering::AcqRel);
-        StoreSlot(live)
-    }
-}
-
-impl Drop for StoreSlot {
+impl Drop for InstanceSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }

@@ -307,3 +307,39 @@ async fn a_reload_reaches_every_instance() {
     assert_eq!(ask(&mut a, "count").await, "2");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_instance_pool_answers_503_before_upgrade() {
+    let mut config = test_config();
+    // 8 slots stay free for loading and swapping: room for 2 instances.
+    config.sandbox.pool_instances = 10;
+    let server = TestServer::start_with(&["keyed"], config).await;
+    let mut a = server.connect("/keyed/a").await;
+    let b = server.connect("/keyed/b").await;
+    let burst = futures_util::future::join_all(
+        (0..5).map(|i| tokio_tungstenite::connect_async(server.url(&format!("/keyed/c{i}")))),
+    )
+    .await;
+    for attempt in burst {
+        match attempt {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), 503)
+            }
+            other => panic!("expected 503, got {:?}", other.map(|_| "an upgrade")),
+        }
+    }
+    assert_eq!(ask(&mut a, "still served").await, "still served");
+    drop(b);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut c = loop {
+        match tokio_tungstenite::connect_async(server.url("/keyed/c")).await {
+            Ok((ws, _)) => break ws,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(err) => panic!("room c never opened: {err}"),
+        }
+    };
+    assert_eq!(ask(&mut c, "in c").await, "in c");
+    server.stop().await;
+}
