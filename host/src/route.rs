@@ -249,11 +249,6 @@ impl RouteHandle {
         self.module.load_full()
     }
 
-    /// Instances alive now.
-    pub fn live_instances(&self) -> usize {
-        self.lock().live.len()
-    }
-
     /// The instance for connection `id` with route captures `params`,
     /// created if needed. Refused (503) when the route or the server has no
     /// room for another instance.

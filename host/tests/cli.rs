@@ -60,29 +60,27 @@ fn serve_prints_the_address_and_reports_bad_modules() {
     );
 }
 
-#[test]
-fn config_errors_name_the_key() {
+/// Runs `serve` with a config file holding `text`; it must fail. Returns
+/// its stderr.
+fn serve_fails_with_config(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("switchyard.toml");
-    std::fs::write(&config, "[limits]\nmax_mesage_bytes = 10\n").unwrap();
+    std::fs::write(&config, text).unwrap();
     let output = switchyard()
         .args(["serve", "--config"])
         .arg(&config)
         .output()
         .unwrap();
     assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let stderr = serve_fails_with_config("[limits]\nmax_mesage_bytes = 10\n");
     assert!(stderr.contains("max_mesage_bytes"), "{stderr}");
     assert!(stderr.contains("switchyard.toml"), "{stderr}");
-
-    std::fs::write(&config, "[sandbox]\nevent_budget_ms = 0\n").unwrap();
-    let output = switchyard()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = serve_fails_with_config("[sandbox]\nevent_budget_ms = 0\n");
     assert!(stderr.contains("sandbox.event_budget_ms"), "{stderr}");
 }
 

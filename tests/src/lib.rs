@@ -124,6 +124,24 @@ impl TestServer {
         }
     }
 
+    /// Connects to `path`, retrying while the upgrade is refused with
+    /// `status` (a place freed by a closing connection is given back once
+    /// its task has ended).
+    pub async fn connect_when_admitted(&self, path: &str, status: u16) -> Ws {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio_tungstenite::connect_async(self.url(path)).await {
+                Ok((ws, _)) => return ws,
+                Err(tokio_tungstenite::tungstenite::Error::Http(response))
+                    if response.status() == status && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(err) => panic!("connect to {path}: {err}"),
+            }
+        }
+    }
+
     /// The path of `name` in the controllers folder.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
@@ -395,4 +413,17 @@ pub fn module_variant(name: &str, round: u8) -> Vec<u8> {
     bytes.extend_from_slice(b"variant");
     bytes.push(round);
     bytes
+}
+
+/// The id of a connection to the probe controller.
+pub async fn id_of(ws: &mut Ws) -> u64 {
+    whoami(ws).await["id"].as_u64().unwrap()
+}
+
+/// The highest connection id opened in a probe event log (0 if none).
+pub fn newest_open(log: &[String]) -> u64 {
+    log.iter()
+        .filter_map(|e| e.strip_prefix("open ")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
 }

@@ -40,7 +40,7 @@ async fn connection_record_carries_path_params_and_query() {
 async fn host_functions_refuse_bad_input_with_error_values() {
     let server = TestServer::start(&["probe"]).await;
     let mut ws = server.connect("/probe/").await;
-    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    let id = id_of(&mut ws).await;
 
     assert_eq!(
         ask(&mut ws, "send 999999 hello").await,
@@ -80,7 +80,7 @@ async fn controller_close_reaches_the_client_and_on_close_runs_once() {
     let server = TestServer::start(&["probe"]).await;
     let mut watcher = server.connect("/probe/").await;
     let mut ws = server.connect("/probe/").await;
-    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    let id = id_of(&mut ws).await;
 
     // The close frame follows what was queued before it; the reply of the
     // handler that closed the connection comes too late and is dropped.
@@ -143,7 +143,7 @@ async fn oversize_message_closes_with_1009_after_on_error() {
     let server = TestServer::start_with(&["probe"], config).await;
     let mut watcher = server.connect("/probe/").await;
     let mut ws = server.connect("/probe/").await;
-    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    let id = id_of(&mut ws).await;
 
     // Exactly at the limit is fine.
     let at_limit = "y".repeat(4096);
@@ -163,7 +163,7 @@ async fn oversize_fragmented_message_closes_with_1009() {
     let server = TestServer::start_with(&["probe"], config).await;
     let mut watcher = server.connect("/probe/").await;
     let mut ws = server.connect("/probe/").await;
-    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    let id = id_of(&mut ws).await;
 
     // Five 1000-byte fragments: each frame fits, the message does not.
     let chunk = vec![b'f'; 1000];
@@ -193,7 +193,7 @@ async fn invalid_utf8_closes_with_1007_after_on_error() {
     let server = TestServer::start(&["probe"]).await;
     let mut watcher = server.connect("/probe/").await;
     let mut ws = server.connect("/probe/").await;
-    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    let id = id_of(&mut ws).await;
 
     let invalid = vec![b'o', b'k', 0xff, 0xfe];
     send_raw(
@@ -212,7 +212,7 @@ async fn protocol_violations_close_with_1002_after_on_error() {
 
     // Reserved bit set.
     let mut ws = server.connect("/probe/").await;
-    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    let id = id_of(&mut ws).await;
     let mut frame = Frame::message(b"rsv".to_vec(), OpCode::Data(Data::Text), true);
     frame.header_mut().rsv1 = true;
     send_raw(&mut ws, frame).await;
@@ -220,7 +220,7 @@ async fn protocol_violations_close_with_1002_after_on_error() {
 
     // Reserved opcode.
     let mut ws = server.connect("/probe/").await;
-    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    let id = id_of(&mut ws).await;
     let header = FrameHeader {
         opcode: OpCode::Data(Data::Reserved(3)),
         ..FrameHeader::default()
@@ -230,7 +230,7 @@ async fn protocol_violations_close_with_1002_after_on_error() {
 
     // A continuation with nothing to continue.
     let mut ws = server.connect("/probe/").await;
-    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    let id = id_of(&mut ws).await;
     send_raw(
         &mut ws,
         Frame::message(b"c".to_vec(), OpCode::Data(Data::Continue), true),
@@ -247,7 +247,7 @@ async fn peer_close_code_reaches_on_close() {
     let server = TestServer::start(&["probe"]).await;
     let mut watcher = server.connect("/probe/").await;
     let mut ws = server.connect("/probe/").await;
-    let id = whoami(&mut ws).await["id"].as_u64().unwrap();
+    let id = id_of(&mut ws).await;
     ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
         code: CloseCode::Library(4321),
         reason: "custom".into(),
@@ -258,7 +258,7 @@ async fn peer_close_code_reaches_on_close() {
     events_until(&mut watcher, |log| log.contains(&closed)).await;
 
     let mut dropped = server.connect("/probe/").await;
-    let id = whoami(&mut dropped).await["id"].as_u64().unwrap();
+    let id = id_of(&mut dropped).await;
     drop(dropped);
     let closed = format!("close {id} 1006");
     events_until(&mut watcher, |log| log.contains(&closed)).await;
@@ -269,7 +269,7 @@ async fn peer_close_code_reaches_on_close() {
 async fn a_trapping_controller_closes_only_the_failing_connection() {
     let server = TestServer::start(&["probe"]).await;
     let mut bystander = server.connect("/probe/").await;
-    let bystander_id = whoami(&mut bystander).await["id"].as_u64().unwrap();
+    let bystander_id = id_of(&mut bystander).await;
     let mut ws = server.connect("/probe/").await;
 
     send_text(&mut ws, "panic").await;

@@ -17,10 +17,6 @@ fn route_config(
     f(config.routes.entry(name.to_owned()).or_default());
 }
 
-async fn id_of(ws: &mut Ws) -> u64 {
-    whoami(ws).await["id"].as_u64().unwrap()
-}
-
 #[tokio::test]
 async fn rooms_are_isolated_with_presence_history_and_a_lobby_across_rooms() {
     let server = TestServer::start(&["rooms"]).await;
@@ -178,16 +174,7 @@ async fn the_instance_cap_answers_503() {
     let mut a2 = server.connect("/keyed/a").await;
     assert_eq!(ask(&mut a2, "same room").await, "same room");
     drop(b);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut c = loop {
-        match tokio_tungstenite::connect_async(server.url("/keyed/c")).await {
-            Ok((ws, _)) => break ws,
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await
-            }
-            Err(err) => panic!("room c never opened: {err}"),
-        }
-    };
+    let mut c = server.connect_when_admitted("/keyed/c", 503).await;
     assert_eq!(ask(&mut c, "in c").await, "in c");
     assert_eq!(ask(&mut a, "in a").await, "in a");
     server.stop().await;
@@ -330,16 +317,7 @@ async fn a_full_instance_pool_answers_503_before_upgrade() {
     }
     assert_eq!(ask(&mut a, "still served").await, "still served");
     drop(b);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut c = loop {
-        match tokio_tungstenite::connect_async(server.url("/keyed/c")).await {
-            Ok((ws, _)) => break ws,
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await
-            }
-            Err(err) => panic!("room c never opened: {err}"),
-        }
-    };
+    let mut c = server.connect_when_admitted("/keyed/c", 503).await;
     assert_eq!(ask(&mut c, "in c").await, "in c");
     server.stop().await;
 }

@@ -10,10 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-async fn id_of(ws: &mut Ws) -> u64 {
-    whoami(ws).await["id"].as_u64().unwrap()
-}
-
 #[tokio::test]
 async fn pings_keep_live_clients_open_and_silent_ones_are_closed_as_idle() {
     let mut config = test_config();
@@ -45,12 +41,6 @@ async fn pings_keep_live_clients_open_and_silent_ones_are_closed_as_idle() {
 
     // A silent client: it never reads, so it never answers a ping.
     let mut silent = raw_upgrade(server.addr, "/probe/").await;
-    let newest_open = |log: &[String]| {
-        log.iter()
-            .filter_map(|e| e.strip_prefix("open ")?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0)
-    };
     let log = events_until(&mut watcher, |log| newest_open(log) > live_id).await;
     let silent_id = newest_open(&log);
 
@@ -143,23 +133,6 @@ async fn silent_and_dribbling_handshakes_get_408() {
     server.stop().await;
 }
 
-/// Connects to `path`, retrying while the answer is `status` (a freed place
-/// is given back once the closed connection's task has ended).
-async fn connect_once_freed(server: &TestServer, path: &str, status: u16) -> Ws {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio_tungstenite::connect_async(server.url(path)).await {
-            Ok((ws, _)) => return ws,
-            Err(tokio_tungstenite::tungstenite::Error::Http(response))
-                if response.status() == status && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(err) => panic!("connect to {path}: {err}"),
-        }
-    }
-}
-
 /// The `open` events the probe has seen.
 async fn opens(watcher: &mut Ws) -> usize {
     events(watcher)
@@ -182,7 +155,7 @@ async fn the_global_connection_limit_answers_503_before_upgrade() {
     assert_eq!(opens(&mut first).await, 1);
 
     drop(second);
-    let mut third = connect_once_freed(&server, "/probe/", 503).await;
+    let mut third = server.connect_when_admitted("/probe/", 503).await;
     assert_eq!(ask(&mut third, "admitted").await, "admitted");
     assert_eq!(opens(&mut first).await, 2);
     server.stop().await;
@@ -208,7 +181,7 @@ async fn a_route_limit_answers_503_and_leaves_other_routes_alone() {
     assert_eq!(opens(&mut first).await, 1);
 
     first.close(None).await.unwrap();
-    let mut next = connect_once_freed(&server, "/probe/", 503).await;
+    let mut next = server.connect_when_admitted("/probe/", 503).await;
     assert_eq!(opens(&mut next).await, 2);
     server.stop().await;
 }
@@ -223,7 +196,7 @@ async fn a_per_address_limit_answers_429() {
     assert_eq!(server.refused_status("/probe/").await, 429);
     assert_eq!(opens(&mut first).await, 2);
     drop(second);
-    let mut third = connect_once_freed(&server, "/probe/", 429).await;
+    let mut third = server.connect_when_admitted("/probe/", 429).await;
     assert_eq!(ask(&mut third, "admitted").await, "admitted");
     server.stop().await;
 }
@@ -264,12 +237,6 @@ async fn a_close_to_a_client_that_stopped_reading_ends_within_the_close_timeout(
     let mut watcher = server.connect("/probe/").await;
     // A client that never reads (nor answers a close frame).
     let _stalled = raw_upgrade(server.addr, "/probe/").await;
-    let newest_open = |log: &[String]| {
-        log.iter()
-            .filter_map(|e| e.strip_prefix("open ")?.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0)
-    };
     let watcher_id = id_of(&mut watcher).await;
     let log = events_until(&mut watcher, |log| newest_open(log) > watcher_id).await;
     let stalled = newest_open(&log);
