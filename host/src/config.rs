@@ -173,9 +173,6 @@ pub struct Limits {
     pub outbound_queue_messages: usize,
     /// Bytes that may wait in one connection's outbound queue.
     pub outbound_queue_bytes: usize,
-    /// Events that may wait for one controller instance before the readers
-    /// of its connections stop reading (back-pressure to the clients).
-    pub event_queue: usize,
     /// Time a client has to send a complete upgrade request.
     pub handshake_timeout_ms: u64,
     /// Time a peer has to answer our close frame before the socket is dropped.
@@ -214,7 +211,6 @@ impl Default for Limits {
             max_frame_bytes: 1 << 20,
             outbound_queue_messages: 1024,
             outbound_queue_bytes: 4 << 20,
-            event_queue: 1024,
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
             shutdown_timeout_ms: 10_000,
@@ -390,7 +386,6 @@ impl Config {
                 l.outbound_queue_messages as u64,
             ),
             ("limits.outbound_queue_bytes", l.outbound_queue_bytes as u64),
-            ("limits.event_queue", l.event_queue as u64),
             ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
             ("limits.close_timeout_ms", l.close_timeout_ms),
             ("limits.read_buffer_bytes", l.read_buffer_bytes as u64),
@@ -501,7 +496,10 @@ mod tests {
         assert_eq!(config.limits.max_message_bytes, 2048);
         assert_eq!(config.limits.max_frame_bytes, 1024);
         assert_eq!(config.sandbox.event_budget_ms, 50);
-        assert_eq!(config.limits.event_queue, Limits::default().event_queue);
+        assert_eq!(
+            config.limits.outbound_queue_messages,
+            Limits::default().outbound_queue_messages
+        );
     }
 
     #[test]
@@ -518,16 +516,19 @@ mod tests {
         let err = Config::from_toml("listen = \"not an address\"\n").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("listen"), "{text}");
-        let err = Config::from_toml("[limits]\nevent_queue = -3\n").unwrap_err();
-        assert!(err.to_string().contains("event_queue"), "{err}");
-        let err = Config::from_toml("[limits]\nevent_queue = \"big\"\n").unwrap_err();
-        assert!(err.to_string().contains("event_queue"), "{err}");
+        let err = Config::from_toml("[limits]\noutbound_queue_messages = -3\n").unwrap_err();
+        assert!(err.to_string().contains("outbound_queue_messages"), "{err}");
+        let err = Config::from_toml("[limits]\noutbound_queue_messages = \"big\"\n").unwrap_err();
+        assert!(err.to_string().contains("outbound_queue_messages"), "{err}");
     }
 
     #[test]
     fn cross_key_rules() {
-        let err = Config::from_toml("[limits]\nevent_queue = 0\n").unwrap_err();
-        assert!(err.to_string().contains("limits.event_queue"), "{err}");
+        let err = Config::from_toml("[limits]\noutbound_queue_messages = 0\n").unwrap_err();
+        assert!(
+            err.to_string().contains("limits.outbound_queue_messages"),
+            "{err}"
+        );
         let err = Config::from_toml("[limits]\nmax_frame_bytes = 4194304\n").unwrap_err();
         assert!(err.to_string().contains("limits.max_frame_bytes"), "{err}");
         let err =

@@ -1,25 +1,29 @@
-//! One WebSocket connection after the upgrade: its outbound queue, its
-//! writer task and its reader loop.
+//! One WebSocket connection after the upgrade: its outbound queue and the
+//! task that serves it.
 //!
-//! Data enters from the socket in [`run`], which forwards each message to the
-//! controller as an [`Event`], and leaves through a [`ConnHandle`]: the
-//! controller (and the host functions it calls) push frames onto a bounded
-//! queue without ever waiting, and a writer task feeds them to the socket,
-//! flushing once per batch. A queue that fills up marks a slow consumer: the
-//! connection is closed with 1008 instead of growing. However the connection
-//! ends, [`run`] sends exactly one [`Event::Close`], after which the
-//! controller calls `on-close`.
+//! One task per connection does everything: it reads frames, takes its turn
+//! on the controller instance and runs the event there itself, and writes
+//! what is queued for the connection. Frames leave through a [`ConnHandle`]:
+//! the controller (and the host functions it calls) push them onto a bounded
+//! queue without ever waiting, and the task feeds them to the socket,
+//! flushing once per batch. Writing goes on while the task waits for its
+//! turn, so a busy route never stalls its own deliveries. A queue that fills
+//! up marks a slow consumer: the connection is closed with 1008 instead of
+//! growing. However the connection ends, [`run`] runs exactly one
+//! [`Event::Close`], after which nothing of the connection is left.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::future::{Fuse, FutureExt};
+use futures_util::task::AtomicWaker;
+use futures_util::{Sink, Stream};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -91,25 +95,20 @@ struct Queue {
 /// Queue capacity kept after draining; a larger one is given back.
 const KEEP_QUEUE_CAPACITY: usize = 8;
 
-/// The sending side of a connection, shared by its reader, its controller
+/// The sending side of a connection, shared by its task, its controller
 /// and the host functions. Every method returns at once.
 pub struct ConnHandle {
     id: u64,
     /// A std mutex: held only to push or pop, never across an await.
     queue: Mutex<Queue>,
-    /// Wakes the writer when frames are queued.
-    ready: Notify,
+    /// Wakes the connection's task when frames are queued or closing starts.
+    waker: AtomicWaker,
     max_queued_messages: usize,
     max_queued_bytes: usize,
     /// Set once a close has been queued or forced; later sends are refused.
     closing: AtomicBool,
-    /// Wakes the writer to drop what is queued and close at once.
-    kill: Notify,
-    /// Tells the reader that closing started, so it arms the close
-    /// deadline whoever started it.
-    closing_started: Notify,
-    /// The close frame to send when killed. A std mutex: held only to
-    /// store or take the frame, never across an await.
+    /// The close frame to send at once, dropping what is queued. A std
+    /// mutex: held only to store or take the frame, never across an await.
     kill_frame: Mutex<Option<CloseFrame>>,
 }
 
@@ -124,12 +123,10 @@ impl ConnHandle {
         ConnHandle {
             id,
             queue: Mutex::new(Queue::default()),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
             max_queued_messages: limits.outbound_queue_messages,
             max_queued_bytes: limits.outbound_queue_bytes,
             closing: AtomicBool::new(false),
-            kill: Notify::new(),
-            closing_started: Notify::new(),
             kill_frame: Mutex::new(None),
         }
     }
@@ -149,7 +146,7 @@ impl ConnHandle {
     }
 
     /// Appends `out` (of `len` payload bytes) if the limits allow, and
-    /// wakes the writer.
+    /// wakes the connection's task.
     fn enqueue(&self, out: Outgoing, len: usize) -> Result<(), EnqueueError> {
         let mut queue = self.queue();
         if queue.done {
@@ -163,7 +160,7 @@ impl ConnHandle {
         queue.frames.push_back(out);
         queue.bytes += len;
         drop(queue);
-        self.ready.notify_one();
+        self.waker.wake();
         Ok(())
     }
 
@@ -178,6 +175,18 @@ impl ConnHandle {
             queue.frames = VecDeque::new();
         }
         Some(out)
+    }
+
+    /// Whether a frame waits to be written.
+    fn has_queued(&self) -> bool {
+        !self.queue().frames.is_empty()
+    }
+
+    /// Drops what is queued, for a close that goes first.
+    fn clear(&self) {
+        let mut queue = self.queue();
+        queue.frames = VecDeque::new();
+        queue.bytes = 0;
     }
 
     /// The writer is gone: drop what is queued and refuse the rest.
@@ -211,7 +220,6 @@ impl ConnHandle {
         if self.closing.swap(true, Ordering::AcqRel) {
             return Err(PushError::Closed);
         }
-        self.closing_started.notify_one();
         let frame = close_frame(CloseCode::from(code), reason);
         match self.enqueue(Outgoing::Close(frame.clone()), 0) {
             Ok(()) => Ok(()),
@@ -229,7 +237,6 @@ impl ConnHandle {
         if self.closing.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.closing_started.notify_one();
         warn!(
             conn = self.id,
             code = u16::from(code),
@@ -241,7 +248,11 @@ impl ConnHandle {
 
     fn kill_with(&self, frame: CloseFrame) {
         *self.kill_frame.lock().expect("kill frame lock") = Some(frame);
-        self.kill.notify_one();
+        self.waker.wake();
+    }
+
+    fn take_kill(&self) -> Option<CloseFrame> {
+        self.kill_frame.lock().expect("kill frame lock").take()
     }
 }
 
@@ -258,82 +269,149 @@ pub fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     }
 }
 
-/// How the writer task ended.
+/// How the write side ended.
 #[derive(Debug)]
 enum WriterExit {
     /// We sent this close frame after the queued frames; now wait for the
     /// peer's answer.
     Closed(CloseFrame),
-    /// Killed: queued frames dropped, this close frame sent if possible.
+    /// Killed: queued frames dropped, this close frame sent.
     Killed(CloseFrame),
     /// The socket failed.
     Failed,
 }
 
-type WsSink = SplitSink<WebSocketStream<TcpStream>, WsMessage>;
-
-/// Writes what is queued, up to [`WRITE_BATCH`] frames, then flushes once.
-/// Waits until something is queued.
-async fn write_batch(
-    sink: &mut WsSink,
-    handle: &ConnHandle,
-) -> Result<Option<CloseFrame>, WsError> {
-    let first = loop {
-        if let Some(out) = handle.dequeue() {
-            break out;
-        }
-        handle.ready.notified().await;
-    };
-    let mut next = Some(first);
-    let mut written = 0;
-    while let Some(out) = next.take() {
-        match out {
-            Outgoing::Frame(frame) => sink.feed(frame).await?,
-            Outgoing::Close(frame) => {
-                sink.send(WsMessage::Close(Some(frame.clone()))).await?;
-                return Ok(Some(frame));
-            }
-        }
-        written += 1;
-        if written < WRITE_BATCH {
-            next = handle.dequeue();
-        }
-    }
-    sink.flush().await?;
-    Ok(None)
+/// Where the write side is.
+enum WriteState {
+    /// Writing queued frames as they come.
+    Open,
+    /// This close frame goes out next, then the write side ends.
+    SendClose(CloseFrame, bool),
+    /// The close frame is fed; flush it, then end with this.
+    FlushClose(Option<WriterExit>),
+    /// Ended.
+    Done,
 }
 
-async fn run_writer(
-    mut sink: WsSink,
-    handle: Arc<ConnHandle>,
-    close_timeout: Duration,
-) -> WriterExit {
-    loop {
-        let step = tokio::select! {
-            biased;
-            () = handle.kill.notified() => None,
-            step = write_batch(&mut sink, &handle) => Some(step),
-        };
-        match step {
-            None => {
-                let frame = handle
-                    .kill_frame
-                    .lock()
-                    .expect("kill frame lock")
-                    .take()
-                    .unwrap_or_else(|| close_frame(CloseCode::Away, ""));
-                let send = sink.send(WsMessage::Close(Some(frame.clone())));
-                let _ = tokio::time::timeout(close_timeout, send).await;
-                return WriterExit::Killed(frame);
+/// The write side of a connection, driven from the connection's task by
+/// polling. A frame is taken from the queue only once the socket is ready
+/// for it, so a frame is never held half-written outside the socket.
+struct Writer {
+    state: WriteState,
+    /// Frames fed since the last flush.
+    unflushed: bool,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+impl Writer {
+    fn new() -> Writer {
+        Writer {
+            state: WriteState::Open,
+            unflushed: false,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.state, WriteState::Done)
+    }
+
+    /// Writes what is queued, up to [`WRITE_BATCH`] frames per flush.
+    /// Ready when the write side has ended.
+    fn poll(&mut self, ws: &mut Ws, handle: &ConnHandle, cx: &mut Context<'_>) -> Poll<WriterExit> {
+        let result = self.poll_inner(ws, handle, cx);
+        if let Poll::Ready(Err(err)) = &result {
+            debug!(conn = handle.id, error = %err, "write failed");
+        }
+        match result {
+            Poll::Ready(result) => {
+                self.state = WriteState::Done;
+                Poll::Ready(result.unwrap_or(WriterExit::Failed))
             }
-            Some(Ok(None)) => {}
-            Some(Ok(Some(frame))) => return WriterExit::Closed(frame),
-            Some(Err(err)) => {
-                debug!(conn = handle.id, error = %err, "write failed");
-                return WriterExit::Failed;
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_inner(
+        &mut self,
+        ws: &mut Ws,
+        handle: &ConnHandle,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<WriterExit, WsError>> {
+        let mut ws = Pin::new(ws);
+        loop {
+            match &mut self.state {
+                WriteState::Open => {
+                    if let Some(frame) = handle.take_kill() {
+                        handle.clear();
+                        self.state = WriteState::SendClose(frame, true);
+                        continue;
+                    }
+                    let mut fed = 0;
+                    while fed < WRITE_BATCH && handle.has_queued() {
+                        std::task::ready!(ws.as_mut().poll_ready(cx))?;
+                        match handle.dequeue() {
+                            Some(Outgoing::Frame(frame)) => {
+                                ws.as_mut().start_send(frame)?;
+                                self.unflushed = true;
+                                fed += 1;
+                            }
+                            Some(Outgoing::Close(frame)) => {
+                                ws.as_mut()
+                                    .start_send(WsMessage::Close(Some(frame.clone())))?;
+                                self.state =
+                                    WriteState::FlushClose(Some(WriterExit::Closed(frame)));
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    if !matches!(self.state, WriteState::Open) {
+                        continue;
+                    }
+                    if self.unflushed {
+                        std::task::ready!(ws.as_mut().poll_flush(cx))?;
+                        self.unflushed = false;
+                    }
+                    if fed == WRITE_BATCH {
+                        // More may wait: let the reader have a go first.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    return Poll::Pending;
+                }
+                WriteState::SendClose(frame, killed) => {
+                    std::task::ready!(ws.as_mut().poll_ready(cx))?;
+                    let frame = frame.clone();
+                    ws.as_mut()
+                        .start_send(WsMessage::Close(Some(frame.clone())))?;
+                    let exit = if *killed {
+                        WriterExit::Killed(frame)
+                    } else {
+                        WriterExit::Closed(frame)
+                    };
+                    self.state = WriteState::FlushClose(Some(exit));
+                }
+                WriteState::FlushClose(exit) => {
+                    std::task::ready!(ws.as_mut().poll_flush(cx))?;
+                    let exit = exit.take().expect("close flushed once");
+                    return Poll::Ready(Ok(exit));
+                }
+                WriteState::Done => return Poll::Pending,
             }
         }
     }
+}
+
+/// What the connection's socket and queue have for its task.
+enum Io {
+    /// A frame from the peer, an error, or the end of the stream.
+    Read(Option<Result<WsMessage, WsError>>),
+    /// The write side ended.
+    Wrote(WriterExit),
+    /// Closing started (the controller, the idle timeout, the token's
+    /// expiry, the shutdown, a slow consumer).
+    ClosingStarted,
 }
 
 /// Server pings and the idle timeout of one connection. Every frame
@@ -418,10 +496,35 @@ fn classify(err: &WsError) -> Option<(u16, String)> {
     }
 }
 
-/// Serves one upgraded connection until it ends, then reports its close to
-/// the controller. Returns when `on-close` has been queued.
+/// Polls the socket and the queue once: writes what is queued, and reads
+/// the next frame when `read` allows.
+fn poll_io(
+    ws: &mut Ws,
+    handle: &ConnHandle,
+    writer: &mut Writer,
+    read: bool,
+    closing_seen: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Io> {
+    // Whoever queues a frame or starts closing wakes this task.
+    handle.waker.register(cx.waker());
+    if !closing_seen && handle.is_closing() {
+        return Poll::Ready(Io::ClosingStarted);
+    }
+    if !writer.is_done()
+        && let Poll::Ready(exit) = writer.poll(ws, handle, cx)
+    {
+        return Poll::Ready(Io::Wrote(exit));
+    }
+    if read && let Poll::Ready(frame) = Pin::new(ws).poll_next(cx) {
+        return Poll::Ready(Io::Read(frame));
+    }
+    Poll::Pending
+}
+
+/// Serves one upgraded connection until it ends, then runs its `on-close`.
 pub async fn run(
-    ws: WebSocketStream<TcpStream>,
+    mut ws: Ws,
     info: ConnectionInfo,
     controller: Arc<ControllerHandle>,
     limits: &crate::config::Limits,
@@ -430,24 +533,26 @@ pub async fn run(
     let id = info.id;
     let route = info.route.clone();
     let expires_at = info.expires_at;
-    let (sink, mut stream) = ws.split();
     let handle = Arc::new(ConnHandle::new(id, limits));
     let close_timeout = limits.close_timeout();
-    let mut writer = tokio::spawn(run_writer(sink, handle.clone(), close_timeout));
     info!(route = %route, conn = id, peer = %info.peer, path = %info.path, "connection opened");
 
-    let open = Event::Open {
-        info: Arc::new(info),
-        handle: handle.clone(),
-    };
-    if controller.send(open).await.is_err() {
-        handle.force_close(CloseCode::Away, "controller unavailable");
-    }
+    controller
+        .dispatch(Event::Open {
+            info: Arc::new(info),
+            handle: handle.clone(),
+        })
+        .await;
 
     // The close that on-close reports: whichever side closed first.
     let mut first_close: Option<(u16, String)> = None;
     let mut reading = true;
-    let mut writer_done = false;
+    let mut writer = Writer::new();
+    // The event read but not yet run, waiting for its turn on the instance.
+    // Reading pauses meanwhile (back-pressure to the client); writing goes on.
+    let mut pending: Option<Event> = None;
+    // Set when an event is pending; not polled before (futures are lazy).
+    let mut turn = std::pin::pin!(controller.turn().fuse());
     // Armed once the connection starts closing; created once, not per
     // frame, so reading a message registers no timer.
     let mut closing = false;
@@ -466,46 +571,78 @@ pub async fn run(
     tokio::pin!(expiry);
     let mut expired = false;
     loop {
+        let can_read = reading && pending.is_none();
         tokio::select! {
-            frame = stream.next(), if reading => {
-                keepalive.received();
-                match frame {
-                Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
-                    if !handle.is_closing()
-                        && controller.send(Event::Message { id, msg }).await.is_err()
-                    {
-                        handle.force_close(CloseCode::Away, "controller unavailable");
+            turn = &mut turn, if pending.is_some() => {
+                let event = pending.take().expect("an event waits for this turn");
+                let is_error = matches!(event, Event::Error { .. });
+                turn.handle(event).await;
+                if is_error {
+                    // The controller replied and queued the close; give
+                    // the peer until the deadline to take both.
+                    close_timer.as_mut().reset(Instant::now() + close_timeout);
+                    closing = true;
+                }
+            },
+            io = std::future::poll_fn(|cx| poll_io(&mut ws, &handle, &mut writer, can_read, closing, cx)) => match io {
+                Io::Read(frame) => {
+                    keepalive.received();
+                    match frame {
+                        Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
+                            if !handle.is_closing() {
+                                pending = Some(Event::Message { id, msg });
+                                turn.set(controller.turn().fuse());
+                            }
+                        }
+                        Some(Ok(WsMessage::Close(frame))) => {
+                            // tungstenite answers the close; the stream ends next.
+                            first_close.get_or_insert_with(|| match frame {
+                                Some(frame) => (u16::from(frame.code), frame.reason.to_string()),
+                                None => (CLOSE_NO_STATUS, String::new()),
+                            });
+                        }
+                        // Pings are answered by tungstenite; pongs only prove life.
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => {
+                            reading = false;
+                            match classify(&err) {
+                                Some((code, message)) => {
+                                    warn!(route = %route, conn = id, code, error = %message, "client error");
+                                    first_close.get_or_insert_with(|| (code, message.clone()));
+                                    pending = Some(Event::Error { id, code, message });
+                                    turn.set(controller.turn().fuse());
+                                }
+                                None => {
+                                    debug!(route = %route, conn = id, error = %err, "connection dropped");
+                                    break;
+                                }
+                            }
+                        }
+                        None => break,
                     }
                 }
-                Some(Ok(WsMessage::Close(frame))) => {
-                    // tungstenite answers the close; the stream ends next.
-                    first_close.get_or_insert_with(|| match frame {
-                        Some(frame) => (u16::from(frame.code), frame.reason.to_string()),
-                        None => (CLOSE_NO_STATUS, String::new()),
-                    });
-                }
-                // Pings are answered by tungstenite; pongs only prove life.
-                Some(Ok(_)) => {}
-                Some(Err(err)) => {
-                    reading = false;
-                    match classify(&err) {
-                        Some((code, message)) => {
-                            warn!(route = %route, conn = id, code, error = %message, "client error");
-                            first_close.get_or_insert_with(|| (code, message.clone()));
-                            let _ = controller.send(Event::Error { id, code, message }).await;
-                            // The controller replies, then queues the close;
-                            // give the writer until the deadline to send both.
-                            close_timer.as_mut().reset(Instant::now() + close_timeout);
-                            closing = true;
-                        }
-                        None => {
-                            debug!(route = %route, conn = id, error = %err, "connection dropped");
+                Io::Wrote(exit) => match exit {
+                    WriterExit::Closed(frame) => {
+                        first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
+                        if !reading {
                             break;
                         }
+                        close_timer.as_mut().reset(Instant::now() + close_timeout);
+                        closing = true;
                     }
+                    WriterExit::Killed(frame) => {
+                        first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
+                        break;
+                    }
+                    WriterExit::Failed => break,
+                },
+                // However closing started, the peer gets the close timeout
+                // to finish it, even if it stopped reading and writing.
+                Io::ClosingStarted => {
+                    close_timer.as_mut().reset(Instant::now() + close_timeout);
+                    closing = true;
                 }
-                None => break,
-            }},
+            },
             due = keepalive.tick(), if keepalive.is_on() && !handle.is_closing() => match due {
                 Due::Ping => {
                     let _ = handle.push(WsMessage::Ping(Default::default()));
@@ -520,55 +657,18 @@ pub async fn run(
                 debug!(route = %route, conn = id, "token expired");
                 let _ = handle.close(1008, "token expired");
             },
-            exit = &mut writer, if !writer_done => {
-                writer_done = true;
-                match exit {
-                    Ok(WriterExit::Closed(frame)) => {
-                        first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
-                        if !reading {
-                            break;
-                        }
-                        close_timer.as_mut().reset(Instant::now() + close_timeout);
-                        closing = true;
-                    }
-                    Ok(WriterExit::Killed(frame)) => {
-                        first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
-                        break;
-                    }
-                    Ok(WriterExit::Failed) | Err(_) => break,
-                }
-            },
-            // However closing started (the controller, the idle timeout, the
-            // token's expiry, the shutdown), the peer gets the close timeout
-            // to finish it, even if it stopped reading and writing.
-            () = handle.closing_started.notified(), if !closing => {
-                close_timer.as_mut().reset(Instant::now() + close_timeout);
-                closing = true;
-            },
             () = &mut close_timer, if closing => break,
             () = shutdown.cancelled(), if !handle.is_closing() => {
                 let _ = handle.close(1001, "server shutting down");
             }
         }
     }
-    writer.abort();
     handle.finish();
     let (code, reason) = first_close.unwrap_or((CLOSE_ABNORMAL, String::new()));
     info!(route = %route, conn = id, code, reason = %reason, "connection closed");
-    // The queue is bounded; this waits only if the controller is busy.
-    // Then wait for on-close to finish, so that whoever drops the instance
-    // after this (the lease) never overlaps it with its successor.
-    let (done, finished) = tokio::sync::oneshot::channel();
-    if controller
-        .send(Event::Close {
-            id,
-            code,
-            reason,
-            done: Some(done),
-        })
-        .await
-        .is_ok()
-    {
-        let _ = finished.await;
-    }
+    // An event still waiting for its turn is dropped with the connection;
+    // on-close runs in its place.
+    drop(pending);
+    turn.set(Fuse::terminated());
+    controller.dispatch(Event::Close { id, code, reason }).await;
 }

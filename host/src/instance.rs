@@ -1,19 +1,21 @@
-//! Controller instances as actors.
+//! Controller instances, taken in turns.
 //!
-//! A [`ControllerHandle`] is the address of one running instance: connection
-//! tasks send it [`Event`]s over a bounded queue, and a task owning the
-//! instance's wasmtime `Store` handles them one at a time, in arrival order,
-//! calling the guest's exports. A trap, panic or exhausted budget in an event
-//! replaces the instance with a fresh one from the same module; the
-//! connection table moves across, the connection whose event failed is
-//! closed with 1011, and every other connection stays open.
+//! A [`ControllerHandle`] is one controller instance: its wasmtime `Store`
+//! behind an async lock. A connection's task takes a [`Turn`] (waiting in
+//! arrival order while another event runs) and calls the guest itself, so
+//! an event costs no hop between tasks: the task that read the message runs
+//! `on-message` and then writes the reply it queued. Events of one
+//! connection are handled in the order they arrived; the lock is never held
+//! by anything but a guest call, a swap or a retirement. A trap, panic or
+//! exhausted budget in an event replaces the instance with a fresh one from
+//! the same module; the connection table moves across, the connection whose
+//! event failed is closed with 1011, and every other connection stays open.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{debug, error, info, warn};
@@ -59,46 +61,60 @@ pub enum Event {
         code: u16,
         /// The close reason.
         reason: String,
-        /// Signalled once `on-close` has run (or was skipped).
-        done: Option<oneshot::Sender<()>>,
     },
-    /// Hot reload: continue with an instance of `module`, keeping the
-    /// connections and key-value store. Answers whether it went live.
-    Swap {
-        /// The new version.
-        module: Arc<Module>,
-        /// Receives `Err` with the reason when the new version could not be
-        /// instantiated; the old one keeps serving then.
-        done: oneshot::Sender<Result<(), String>>,
-    },
-    /// The module was removed: every connection gets `on-close`, then a
-    /// 1001 close frame. Later events are ignored.
-    Retire,
 }
 
-/// The address of a running controller instance.
+/// One controller instance. Its store is created on first use (or at once,
+/// with [`ControllerHandle::start`]) and lives until every handle of it is
+/// gone.
 pub struct ControllerHandle {
-    tx: mpsc::Sender<Event>,
+    actor: tokio::sync::Mutex<Actor>,
     /// The version now serving; replaced by a successful swap.
     module: ArcSwap<Module>,
 }
 
+/// The right to run one event on an instance; other events wait until it
+/// is dropped.
+pub struct Turn<'a>(tokio::sync::MutexGuard<'a, Actor>);
+
+impl Turn<'_> {
+    /// Runs `event`'s handler in the guest; returns when it is done.
+    pub async fn handle(mut self, event: Event) {
+        self.0.handle(event).await;
+    }
+}
+
 impl ControllerHandle {
-    /// Starts an instance of `module` and returns its address. The instance
-    /// lives until every handle and every connection of it is gone.
-    pub fn spawn(
+    /// An instance of `module`, created when the first event needs it.
+    pub fn new(
         runtime: Arc<Runtime>,
         module: Arc<Module>,
-        event_queue: usize,
         owned: HostOwned,
         slot: Option<InstanceSlot>,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(event_queue);
-        tokio::spawn(run(runtime, module.clone(), owned, slot, rx));
+        let actor = Actor {
+            runtime,
+            module: module.clone(),
+            live: None,
+            owned: Some(owned),
+            records: HashMap::new(),
+            consecutive_failures: 0,
+            retired: false,
+            _slot: slot,
+        };
         Arc::new(ControllerHandle {
-            tx,
+            actor: tokio::sync::Mutex::new(actor),
             module: ArcSwap::new(module),
         })
+    }
+
+    /// Creates the instance now, in the background, instead of at the first
+    /// event.
+    pub fn start(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.actor.lock().await.live().await;
+        });
     }
 
     /// The module version this instance runs.
@@ -106,45 +122,53 @@ impl ControllerHandle {
         self.module.load_full()
     }
 
-    /// Replaces the running version with `module` between two events.
-    /// Events already queued are handled by the new version, in order.
-    pub async fn swap(&self, module: Arc<Module>) -> Result<(), String> {
-        let (done, answer) = oneshot::channel();
-        let event = Event::Swap {
-            module: module.clone(),
-            done,
-        };
-        self.send(event)
-            .await
-            .map_err(|()| "the instance has stopped".to_owned())?;
-        let result = answer
-            .await
-            .unwrap_or_else(|_| Err("the instance has stopped".to_owned()));
-        if result.is_ok() {
-            self.module.store(module);
-        }
-        result
+    /// Waits for this connection's turn on the instance. Waiting is
+    /// cancel-safe and first come, first served.
+    pub async fn turn(&self) -> Turn<'_> {
+        Turn(self.actor.lock().await)
     }
 
-    /// Queues an event, waiting while the queue is full (back-pressure on
-    /// the reader). Fails only when the instance has stopped.
-    pub async fn send(&self, event: Event) -> Result<(), ()> {
-        self.tx.send(event).await.map_err(|_| ())
+    /// Waits for a turn and runs `event`.
+    pub async fn dispatch(&self, event: Event) {
+        self.turn().await.handle(event).await;
+    }
+
+    /// Replaces the running version with `module` between two events.
+    pub async fn swap(&self, module: Arc<Module>) -> Result<(), String> {
+        self.actor.lock().await.swap(module.clone()).await?;
+        self.module.store(module);
+        Ok(())
+    }
+
+    /// The module was removed: every connection gets `on-close`, then a
+    /// 1001 close frame. Later events are ignored.
+    pub async fn retire(&self) {
+        self.actor.lock().await.retire().await;
     }
 }
 
-/// One live instance and the host-owned state that outlives it.
+/// A store with its instance.
+struct Live {
+    store: Store<HostState>,
+    controller: Controller,
+}
+
+/// One instance and the host-owned state that outlives it.
 struct Actor {
     runtime: Arc<Runtime>,
     module: Arc<Module>,
-    store: Store<HostState>,
-    controller: Controller,
+    /// `None` until the first event (or [`ControllerHandle::start`]).
+    live: Option<Live>,
+    /// The host-owned state until the first store takes it.
+    owned: Option<HostOwned>,
     /// The WIT record of each open connection, built once at open.
     records: HashMap<u64, Connection>,
     /// Traps since the last event that succeeded, for backoff.
     consecutive_failures: u32,
     /// Set once the module is removed; events are ignored from then on.
     retired: bool,
+    /// Held for the instance's life: its place in the pool.
+    _slot: Option<InstanceSlot>,
 }
 
 async fn instantiate(
@@ -189,37 +213,27 @@ async fn instantiate_with_backoff(
     }
 }
 
-async fn run(
-    runtime: Arc<Runtime>,
-    module: Arc<Module>,
-    owned: HostOwned,
-    // Held for the instance's life: its place in the pool.
-    _slot: Option<InstanceSlot>,
-    mut rx: mpsc::Receiver<Event>,
-) {
-    let (store, controller) = instantiate_with_backoff(&runtime, &module, owned, 0).await;
-    let mut actor = Actor {
-        runtime,
-        module,
-        store,
-        controller,
-        records: HashMap::new(),
-        consecutive_failures: 0,
-        retired: false,
-    };
-    if actor.module.instance == InstanceMode::Shared {
-        info!(route = %actor.module.name, file = %actor.module.file.display(), "controller instance started");
-    } else {
-        // Keyed and per-connection instances come and go by the thousand.
-        debug!(route = %actor.module.name, "controller instance started");
-    }
-    while let Some(event) = rx.recv().await {
-        actor.handle(event).await;
-    }
-    debug!(route = %actor.module.name, "controller instance stopped");
-}
-
 impl Actor {
+    /// The instance, created first if needed.
+    async fn live(&mut self) -> &mut Live {
+        if self.live.is_none() {
+            let owned = self
+                .owned
+                .take()
+                .unwrap_or_else(|| self.runtime.detached_owned());
+            let (store, controller) =
+                instantiate_with_backoff(&self.runtime, &self.module, owned, 0).await;
+            if self.module.instance == InstanceMode::Shared {
+                info!(route = %self.module.name, file = %self.module.file.display(), "controller instance started");
+            } else {
+                // Keyed and per-connection instances come and go by the thousand.
+                debug!(route = %self.module.name, "controller instance started");
+            }
+            self.live = Some(Live { store, controller });
+        }
+        self.live.as_mut().expect("instance created above")
+    }
+
     async fn handle(&mut self, event: Event) {
         if self.retired {
             if let Event::Open { handle, .. } = event {
@@ -227,80 +241,59 @@ impl Actor {
             }
             return;
         }
+        let runtime = self.runtime.clone();
+        self.live().await;
+        let Actor { live, records, .. } = self;
+        let Live { store, controller } = live.as_mut().expect("instance created above");
         let (id, result) = match event {
-            Event::Swap { module, done } => {
-                let _ = done.send(self.swap(module).await);
-                return;
-            }
-            Event::Retire => {
-                self.retire().await;
-                return;
-            }
             Event::Open { info, handle } => {
                 let id = info.id;
-                let owned = &mut self.store.data_mut().owned;
+                let owned = &mut store.data_mut().owned;
                 owned.route.register(id, handle.clone());
                 owned.conns.insert(id, handle);
-                let record = self
-                    .records
+                let record = records
                     .entry(id)
                     .or_insert_with(|| Connection::from(&*info));
-                self.runtime.arm_budget(&mut self.store);
-                let result = self.controller.call_on_open(&mut self.store, record).await;
+                runtime.arm_budget(store);
+                let result = controller.call_on_open(&mut *store, record).await;
                 (id, result.map(|reply| self.reply(id, reply)))
             }
             Event::Message { id, msg } => {
-                let (Some(record), Some(msg)) = (self.records.get(&id), Message::from_frame(&msg))
+                let (Some(record), Some(msg)) = (records.get(&id), Message::from_frame(&msg))
                 else {
                     return;
                 };
-                self.runtime.arm_budget(&mut self.store);
-                let result = self
-                    .controller
-                    .call_on_message(&mut self.store, record, &msg)
-                    .await;
+                runtime.arm_budget(store);
+                let result = controller.call_on_message(&mut *store, record, &msg).await;
                 (id, result.map(|reply| self.reply(id, reply)))
             }
             Event::Error { id, code, message } => {
-                let Some(record) = self.records.get(&id) else {
+                let Some(record) = records.get(&id) else {
                     return;
                 };
                 let err = ErrorInfo {
                     code,
                     message: message.clone(),
                 };
-                self.runtime.arm_budget(&mut self.store);
-                let result = self
-                    .controller
-                    .call_on_error(&mut self.store, record, &err)
-                    .await;
+                runtime.arm_budget(store);
+                let result = controller.call_on_error(&mut *store, record, &err).await;
                 let result = result.map(|reply| self.reply(id, reply));
-                if let Some(handle) = self.store.data().owned.conns.get(&id) {
+                if let Some(handle) = self.store().data().owned.conns.get(&id) {
                     let _ = handle.close(code, &message);
                 }
                 (id, result)
             }
-            Event::Close {
-                id,
-                code,
-                reason,
-                done,
-            } => {
-                // Dropping `done` at the end of this arm signals the waiter.
-                let _done = done;
-                self.store.data_mut().owned.conns.remove(&id);
-                let Some(record) = self.records.remove(&id) else {
-                    self.store.data().owned.route.forget(id);
+            Event::Close { id, code, reason } => {
+                store.data_mut().owned.conns.remove(&id);
+                let Some(record) = records.remove(&id) else {
+                    store.data().owned.route.forget(id);
                     return;
                 };
                 let info = CloseInfo { code, reason };
-                self.runtime.arm_budget(&mut self.store);
-                let result = self
-                    .controller
-                    .call_on_close(&mut self.store, &record, &info)
-                    .await;
+                runtime.arm_budget(store);
+                let result = controller.call_on_close(&mut *store, &record, &info).await;
                 // After on-close, which may still read the attachment.
-                self.store.data().owned.route.forget(id);
+                store.data().owned.route.forget(id);
                 (id, result)
             }
         };
@@ -316,20 +309,26 @@ impl Actor {
         }
     }
 
+    /// The live store; only called once the instance exists.
+    fn store(&mut self) -> &mut Store<HostState> {
+        &mut self.live.as_mut().expect("instance is live").store
+    }
+
     /// Queues a message returned by an event handler for its connection.
     fn reply(&mut self, id: u64, reply: Option<Message>) {
         let Some(msg) = reply else { return };
-        let state = self.store.data();
+        let name = self.module.name.clone();
+        let state = self.store().data();
         let Some(handle) = state.owned.conns.get(&id) else {
             return;
         };
         if msg.len() > state.max_message_bytes {
-            warn!(route = %self.module.name, conn = id, bytes = msg.len(),
+            warn!(route = %name, conn = id, bytes = msg.len(),
                 "reply dropped: larger than limits.max_message_bytes");
             return;
         }
         if let Err(err) = handle.push(msg.into_frame()) {
-            debug!(route = %self.module.name, conn = id, ?err, "reply not queued");
+            debug!(route = %name, conn = id, ?err, "reply not queued");
         }
     }
 
@@ -343,7 +342,7 @@ impl Actor {
             .unwrap_or_else(|| err.root_cause().to_string());
         error!(route = %self.module.name, conn = id, trap = %trap, error = %format!("{err:?}"),
             "controller failed; replacing its instance");
-        if let Some(handle) = self.store.data().owned.conns.get(&id) {
+        if let Some(handle) = self.store().data().owned.conns.get(&id) {
             handle.force_close(CloseCode::Error, "controller error");
         }
         let owned = self.take_owned();
@@ -354,13 +353,18 @@ impl Actor {
             self.consecutive_failures,
         )
         .await;
-        self.store = store;
-        self.controller = controller;
+        self.live = Some(Live { store, controller });
     }
 
     /// Moves the host-owned state out of the current store.
     fn take_owned(&mut self) -> HostOwned {
-        self.store.data_mut().owned.take()
+        match self.live.as_mut() {
+            Some(live) => live.store.data_mut().owned.take(),
+            None => self
+                .owned
+                .take()
+                .unwrap_or_else(|| self.runtime.detached_owned()),
+        }
     }
 
     /// Continues with an instance of `module`; on failure the current one
@@ -370,8 +374,7 @@ impl Actor {
             .await
             .map_err(|err| format!("instantiation failed: {err:#}"))?;
         store.data_mut().owned = self.take_owned();
-        self.store = store;
-        self.controller = controller;
+        self.live = Some(Live { store, controller });
         self.module = module;
         self.consecutive_failures = 0;
         Ok(())
@@ -380,9 +383,14 @@ impl Actor {
     /// Calls `on-close` for every connection, then closes each with 1001.
     async fn retire(&mut self) {
         self.retired = true;
-        let ids: Vec<u64> = self.store.data().owned.conns.keys().copied().collect();
+        let Some(live) = self.live.as_ref() else {
+            // Never started: no connection has seen `on-open`.
+            info!(route = %self.module.name, "controller retired");
+            return;
+        };
+        let ids: Vec<u64> = live.store.data().owned.conns.keys().copied().collect();
         for id in ids {
-            let Some(handle) = self.store.data_mut().owned.conns.remove(&id) else {
+            let Some(handle) = self.store().data_mut().owned.conns.remove(&id) else {
                 continue;
             };
             if let Some(record) = self.records.remove(&id) {
@@ -390,17 +398,15 @@ impl Actor {
                     code: 1001,
                     reason: "controller removed".to_owned(),
                 };
-                self.runtime.arm_budget(&mut self.store);
-                let result = self
-                    .controller
-                    .call_on_close(&mut self.store, &record, &info)
-                    .await;
+                let Live { store, controller } = self.live.as_mut().expect("instance is live");
+                self.runtime.arm_budget(store);
+                let result = controller.call_on_close(&mut *store, &record, &info).await;
                 if let Err(err) = result {
                     // Keep going: every other connection still gets its on-close.
                     self.recover(id, err).await;
                 }
             }
-            self.store.data().owned.route.forget(id);
+            self.store().data().owned.route.forget(id);
             let _ = handle.close(1001, "controller removed");
         }
         info!(route = %self.module.name, "controller retired");

@@ -82,7 +82,6 @@ struct Entry {
 /// The live modules, by file, and the routing table built from them.
 pub struct Registry {
     runtime: Arc<Runtime>,
-    event_queue: usize,
     entries: Vec<Entry>,
     routes: Arc<ArcSwap<Routes>>,
     events: broadcast::Sender<ReloadEvent>,
@@ -90,10 +89,9 @@ pub struct Registry {
 
 impl Registry {
     /// An empty registry publishing to `routes`.
-    pub fn new(runtime: Arc<Runtime>, event_queue: usize) -> Self {
+    pub fn new(runtime: Arc<Runtime>) -> Self {
         Registry {
             runtime,
-            event_queue,
             entries: Vec::new(),
             routes: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
             events: broadcast::channel(256).0,
@@ -148,7 +146,7 @@ impl Registry {
         let (module, hash) = self.load_checked(file).await?;
         info!(route = %module.name, pattern = %module.pattern, file = %file.display(), hash = %hash,
             "controller loaded");
-        let handle = RouteHandle::new(self.runtime.clone(), Arc::new(module), self.event_queue);
+        let handle = RouteHandle::new(self.runtime.clone(), Arc::new(module));
         self.entries.push(Entry {
             file: file.to_owned(),
             hash,
@@ -224,8 +222,7 @@ impl Registry {
                 Some(std::mem::replace(&mut entry.hash, hash.clone()))
             }
             None => {
-                let handle =
-                    RouteHandle::new(self.runtime.clone(), module.clone(), self.event_queue);
+                let handle = RouteHandle::new(self.runtime.clone(), module.clone());
                 self.entries.push(Entry {
                     file: file.to_owned(),
                     hash: hash.clone(),

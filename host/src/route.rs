@@ -23,7 +23,7 @@ use crate::config::InstanceMode;
 use crate::connection::ConnHandle;
 use crate::handshake::Rejection;
 use crate::host_api::HostOwned;
-use crate::instance::{ControllerHandle, Event};
+use crate::instance::ControllerHandle;
 use crate::module::Module;
 use crate::runtime::{InstanceSlot, Runtime};
 use crate::state::SharedKv;
@@ -152,7 +152,6 @@ impl RouteShared {
 /// A served route.
 pub struct RouteHandle {
     runtime: Arc<Runtime>,
-    event_queue: usize,
     /// The version new instances start from; swapped on reload.
     module: ArcSwap<Module>,
     shared: Arc<RouteShared>,
@@ -209,10 +208,9 @@ pub struct Lease {
 
 impl RouteHandle {
     /// A route serving `module`; a shared route starts its instance now.
-    pub fn new(runtime: Arc<Runtime>, module: Arc<Module>, event_queue: usize) -> Arc<RouteHandle> {
+    pub fn new(runtime: Arc<Runtime>, module: Arc<Module>) -> Arc<RouteHandle> {
         let route = Arc::new(RouteHandle {
             runtime,
-            event_queue,
             module: ArcSwap::new(module.clone()),
             shared: RouteShared::new(),
             instances: Mutex::new(Instances::default()),
@@ -221,7 +219,8 @@ impl RouteHandle {
             // A shared instance is part of loading the module: it takes a
             // pool place when one is free but is never refused for it.
             let slot = route.runtime.reserve_instance();
-            let handle = route.spawn(module, route.runtime.new_kv(), slot);
+            let handle = route.instance(module, route.runtime.new_kv(), slot);
+            handle.start();
             route
                 .lock()
                 .live
@@ -234,14 +233,14 @@ impl RouteHandle {
         self.instances.lock().expect("route instances lock")
     }
 
-    fn spawn(
+    fn instance(
         &self,
         module: Arc<Module>,
         kv: SharedKv,
         slot: Option<InstanceSlot>,
     ) -> Arc<ControllerHandle> {
         let owned = HostOwned::new(kv, self.shared.clone());
-        ControllerHandle::spawn(self.runtime.clone(), module, self.event_queue, owned, slot)
+        ControllerHandle::new(self.runtime.clone(), module, owned, slot)
     }
 
     /// The version serving new instances.
@@ -316,7 +315,7 @@ impl RouteHandle {
             }
             _ => self.runtime.new_kv(),
         };
-        let handle = self.spawn(module, kv, Some(slot));
+        let handle = self.instance(module, kv, Some(slot));
         instances.live.insert(
             key.clone(),
             Live {
@@ -370,7 +369,7 @@ impl RouteHandle {
             instances.live.values().map(|l| l.handle.clone()).collect()
         };
         for handle in handles {
-            let _ = handle.send(Event::Retire).await;
+            handle.retire().await;
         }
     }
 }
@@ -392,8 +391,8 @@ impl Drop for Lease {
         if live.leases > 0 || self.key == InstanceKey::Shared {
             return;
         }
-        // The last connection left: the instance ends once its queue is
-        // drained (this lease holds the last handle but the map's).
+        // The last connection left, after its on-close: the instance ends
+        // with this lease, which holds the last handle but the map's.
         instances.live.remove(&self.key);
         if let InstanceKey::Keyed(value) = &self.key
             && let Some((_, dropped)) = instances.kept.get_mut(value)

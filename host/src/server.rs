@@ -110,7 +110,7 @@ impl Server {
         } else {
             None
         };
-        let mut registry = Registry::new(runtime, config.limits.event_queue);
+        let mut registry = Registry::new(runtime);
         let mut rejected = Vec::new();
         for file in module_files(&config.controllers)? {
             if let Err(err) = registry.add_initial(&file).await {
