@@ -16,11 +16,10 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use futures_util::future::{Fuse, FutureExt};
 use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
 use tokio::net::TcpStream;
@@ -37,6 +36,10 @@ use crate::instance::{ControllerHandle, Event};
 
 /// Frames written per flush at most.
 const WRITE_BATCH: usize = 64;
+
+/// Events of one connection that may wait for its busy controller before
+/// the connection's task stops reading (back-pressure to the client).
+const MAX_EVENTS_WAITING: usize = 4;
 
 /// Close code for an abnormal closure (no close frame); never sent on the wire.
 pub const CLOSE_ABNORMAL: u16 = 1006;
@@ -110,6 +113,8 @@ pub struct ConnHandle {
     /// The close frame to send at once, dropping what is queued. A std
     /// mutex: held only to store or take the frame, never across an await.
     kill_frame: Mutex<Option<CloseFrame>>,
+    /// Events of this connection queued for its busy controller.
+    events: AtomicUsize,
 }
 
 /// Why [`ConnHandle::enqueue`] refused.
@@ -128,12 +133,30 @@ impl ConnHandle {
             max_queued_bytes: limits.outbound_queue_bytes,
             closing: AtomicBool::new(false),
             kill_frame: Mutex::new(None),
+            events: AtomicUsize::new(0),
         }
     }
 
     /// The connection's id.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// Events of this connection waiting for its controller.
+    pub fn events_waiting(&self) -> usize {
+        self.events.load(Ordering::Acquire)
+    }
+
+    /// An event of this connection was queued for its controller.
+    pub fn event_queued(&self) {
+        self.events.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A queued event has run; wakes the connection's task, which may read
+    /// again.
+    pub fn event_done(&self) {
+        self.events.fetch_sub(1, Ordering::AcqRel);
+        self.waker.wake();
     }
 
     /// Whether the connection has started closing.
@@ -502,7 +525,7 @@ fn poll_io(
     ws: &mut Ws,
     handle: &ConnHandle,
     writer: &mut Writer,
-    read: bool,
+    reading: bool,
     closing_seen: bool,
     cx: &mut Context<'_>,
 ) -> Poll<Io> {
@@ -516,7 +539,12 @@ fn poll_io(
     {
         return Poll::Ready(Io::Wrote(exit));
     }
-    if read && let Poll::Ready(frame) = Pin::new(ws).poll_next(cx) {
+    // Reading pauses while the controller has enough of this connection's
+    // events to run; `event_done` wakes the task.
+    if reading
+        && handle.events_waiting() < MAX_EVENTS_WAITING
+        && let Poll::Ready(frame) = Pin::new(ws).poll_next(cx)
+    {
         return Poll::Ready(Io::Read(frame));
     }
     Poll::Pending
@@ -538,21 +566,19 @@ pub async fn run(
     info!(route = %route, conn = id, peer = %info.peer, path = %info.path, "connection opened");
 
     controller
-        .dispatch(Event::Open {
-            info: Arc::new(info),
-            handle: handle.clone(),
-        })
+        .submit(
+            Event::Open {
+                info: Arc::new(info),
+                handle: handle.clone(),
+            },
+            &handle,
+        )
         .await;
 
     // The close that on-close reports: whichever side closed first.
     let mut first_close: Option<(u16, String)> = None;
     let mut reading = true;
     let mut writer = Writer::new();
-    // The event read but not yet run, waiting for its turn on the instance.
-    // Reading pauses meanwhile (back-pressure to the client); writing goes on.
-    let mut pending: Option<Event> = None;
-    // Set when an event is pending; not polled before (futures are lazy).
-    let mut turn = std::pin::pin!(controller.turn().fuse());
     // Armed once the connection starts closing; created once, not per
     // frame, so reading a message registers no timer.
     let mut closing = false;
@@ -571,27 +597,14 @@ pub async fn run(
     tokio::pin!(expiry);
     let mut expired = false;
     loop {
-        let can_read = reading && pending.is_none();
         tokio::select! {
-            turn = &mut turn, if pending.is_some() => {
-                let event = pending.take().expect("an event waits for this turn");
-                let is_error = matches!(event, Event::Error { .. });
-                turn.handle(event).await;
-                if is_error {
-                    // The controller replied and queued the close; give
-                    // the peer until the deadline to take both.
-                    close_timer.as_mut().reset(Instant::now() + close_timeout);
-                    closing = true;
-                }
-            },
-            io = std::future::poll_fn(|cx| poll_io(&mut ws, &handle, &mut writer, can_read, closing, cx)) => match io {
+            io = std::future::poll_fn(|cx| poll_io(&mut ws, &handle, &mut writer, reading, closing, cx)) => match io {
                 Io::Read(frame) => {
                     keepalive.received();
                     match frame {
                         Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
                             if !handle.is_closing() {
-                                pending = Some(Event::Message { id, msg });
-                                turn.set(controller.turn().fuse());
+                                controller.submit(Event::Message { id, msg }, &handle).await;
                             }
                         }
                         Some(Ok(WsMessage::Close(frame))) => {
@@ -609,8 +622,12 @@ pub async fn run(
                                 Some((code, message)) => {
                                     warn!(route = %route, conn = id, code, error = %message, "client error");
                                     first_close.get_or_insert_with(|| (code, message.clone()));
-                                    pending = Some(Event::Error { id, code, message });
-                                    turn.set(controller.turn().fuse());
+                                    controller.submit(Event::Error { id, code, message }, &handle).await;
+                                    // The controller replies, then queues the
+                                    // close; the peer has until the deadline
+                                    // to take both.
+                                    close_timer.as_mut().reset(Instant::now() + close_timeout);
+                                    closing = true;
                                 }
                                 None => {
                                     debug!(route = %route, conn = id, error = %err, "connection dropped");
@@ -666,9 +683,19 @@ pub async fn run(
     handle.finish();
     let (code, reason) = first_close.unwrap_or((CLOSE_ABNORMAL, String::new()));
     info!(route = %route, conn = id, code, reason = %reason, "connection closed");
-    // An event still waiting for its turn is dropped with the connection;
-    // on-close runs in its place.
-    drop(pending);
-    turn.set(Fuse::terminated());
-    controller.dispatch(Event::Close { id, code, reason }).await;
+    // Events still queued run first; then on-close, and this returns once it
+    // has run, so that whoever drops the instance after this (the lease)
+    // never overlaps it with its successor.
+    controller
+        .submit(Event::Close { id, code, reason }, &handle)
+        .await;
+    std::future::poll_fn(|cx| {
+        handle.waker.register(cx.waker());
+        if handle.events_waiting() == 0 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
 }

@@ -1,18 +1,21 @@
-//! Controller instances, taken in turns.
+//! Controller instances and how events reach them.
 //!
 //! A [`ControllerHandle`] is one controller instance: its wasmtime `Store`
-//! behind an async lock. A connection's task takes a [`Turn`] (waiting in
-//! arrival order while another event runs) and calls the guest itself, so
-//! an event costs no hop between tasks: the task that read the message runs
-//! `on-message` and then writes the reply it queued. Events of one
-//! connection are handled in the order they arrived; the lock is never held
-//! by anything but a guest call, a swap or a retirement. A trap, panic or
-//! exhausted budget in an event replaces the instance with a fresh one from
-//! the same module; the connection table moves across, the connection whose
-//! event failed is closed with 1011, and every other connection stays open.
+//! behind an async lock, and a queue of events waiting for it. A
+//! connection's task [`submit`](ControllerHandle::submit)s each event: when
+//! the instance is free and nothing waits, the task runs the event in the
+//! guest itself, so an event costs no hop between tasks (the task that read
+//! the message runs `on-message` and then writes the reply). When the
+//! instance is busy, the event joins the queue and a drainer task runs the
+//! queued events back to back, as an actor would, until the queue is empty.
+//! Either way the events of one connection run in the order they arrived.
+//! A trap, panic or exhausted budget in an event replaces the instance with
+//! a fresh one from the same module; the connection table moves across, the
+//! connection whose event failed is closed with 1011, and every other
+//! connection stays open.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -69,20 +72,23 @@ pub enum Event {
 /// gone.
 pub struct ControllerHandle {
     actor: tokio::sync::Mutex<Actor>,
+    /// Events waiting while the instance is busy. A std mutex: held only
+    /// to push or pop, never across an await.
+    waiting: Mutex<Waiting>,
     /// The version now serving; replaced by a successful swap.
     module: ArcSwap<Module>,
 }
 
-/// The right to run one event on an instance; other events wait until it
-/// is dropped.
-pub struct Turn<'a>(tokio::sync::MutexGuard<'a, Actor>);
-
-impl Turn<'_> {
-    /// Runs `event`'s handler in the guest; returns when it is done.
-    pub async fn handle(mut self, event: Event) {
-        self.0.handle(event).await;
-    }
+#[derive(Default)]
+struct Waiting {
+    events: VecDeque<(Event, Arc<ConnHandle>)>,
+    /// A drainer task is running (or about to): it empties `events`.
+    draining: bool,
 }
+
+/// Queued events a drainer runs before it lets a swap or a retirement
+/// (waiting for the lock) have the instance.
+const DRAIN_BATCH: usize = 64;
 
 impl ControllerHandle {
     /// An instance of `module`, created when the first event needs it.
@@ -104,6 +110,7 @@ impl ControllerHandle {
         };
         Arc::new(ControllerHandle {
             actor: tokio::sync::Mutex::new(actor),
+            waiting: Mutex::new(Waiting::default()),
             module: ArcSwap::new(module),
         })
     }
@@ -122,15 +129,58 @@ impl ControllerHandle {
         self.module.load_full()
     }
 
-    /// Waits for this connection's turn on the instance. Waiting is
-    /// cancel-safe and first come, first served.
-    pub async fn turn(&self) -> Turn<'_> {
-        Turn(self.actor.lock().await)
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().expect("controller queue lock")
     }
 
-    /// Waits for a turn and runs `event`.
-    pub async fn dispatch(&self, event: Event) {
-        self.turn().await.handle(event).await;
+    /// Runs `event` of connection `conn`: at once, in this task, when the
+    /// instance is free and no event waits for it; otherwise it is queued
+    /// and `conn`'s [`ConnHandle::events_waiting`] counts it until a
+    /// drainer has run it. Never waits for another event.
+    pub async fn submit(self: &Arc<Self>, event: Event, conn: &Arc<ConnHandle>) {
+        if let Ok(mut actor) = self.actor.try_lock() {
+            let idle = {
+                let waiting = self.waiting();
+                !waiting.draining && waiting.events.is_empty()
+            };
+            if idle {
+                // Boxed: a guest call's future is large, and every
+                // connection's task would otherwise carry its size.
+                Box::pin(actor.handle(event)).await;
+                return;
+            }
+        }
+        conn.event_queued();
+        let start = {
+            let mut waiting = self.waiting();
+            waiting.events.push_back((event, conn.clone()));
+            !std::mem::replace(&mut waiting.draining, true)
+        };
+        if start {
+            tokio::spawn(self.clone().drain());
+        }
+    }
+
+    /// Runs queued events until none is left.
+    async fn drain(self: Arc<Self>) {
+        loop {
+            let mut actor = self.actor.lock().await;
+            for _ in 0..DRAIN_BATCH {
+                let next = {
+                    let mut waiting = self.waiting();
+                    let next = waiting.events.pop_front();
+                    waiting.draining = next.is_some();
+                    next
+                };
+                let Some((event, conn)) = next else {
+                    return;
+                };
+                actor.handle(event).await;
+                conn.event_done();
+            }
+            drop(actor);
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Replaces the running version with `module` between two events.
