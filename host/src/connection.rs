@@ -13,6 +13,7 @@
 //! [`Event::Close`], after which nothing of the connection is left.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -325,7 +326,8 @@ struct Writer {
     unflushed: bool,
 }
 
-type Ws = WebSocketStream<TcpStream>;
+/// A server-side WebSocket over TCP.
+pub type Ws = WebSocketStream<TcpStream>;
 
 impl Writer {
     fn new() -> Writer {
@@ -550,152 +552,164 @@ fn poll_io(
     Poll::Pending
 }
 
-/// Serves one upgraded connection until it ends, then runs its `on-close`.
-pub async fn run(
+/// Serves one upgraded connection until it ends, then runs its `on-close`;
+/// `keep` is dropped after that. A plain function returning an `async`
+/// block, not an `async fn`: its arguments then live once in the future,
+/// not twice, and every idle connection carries that future.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would copy its arguments into the future a second time"
+)]
+pub fn run(
     mut ws: Ws,
-    info: ConnectionInfo,
+    info: Arc<ConnectionInfo>,
     controller: Arc<ControllerHandle>,
-    limits: &crate::config::Limits,
+    config: Arc<crate::config::Config>,
     shutdown: CancellationToken,
-) {
-    let id = info.id;
-    let route = info.route.clone();
-    let expires_at = info.expires_at;
-    let handle = Arc::new(ConnHandle::new(id, limits));
-    let close_timeout = limits.close_timeout();
-    info!(route = %route, conn = id, peer = %info.peer, path = %info.path, "connection opened");
+    keep: impl Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let limits = &config.limits;
+        let id = info.id;
+        let route = info.route.clone();
+        let expires_at = info.expires_at;
+        let handle = Arc::new(ConnHandle::new(id, limits));
+        let close_timeout = limits.close_timeout();
+        info!(route = %route, conn = id, peer = %info.peer, path = %info.path, "connection opened");
 
-    controller
-        .submit(
-            Event::Open {
-                info: Arc::new(info),
-                handle: handle.clone(),
-            },
-            &handle,
-        )
-        .await;
+        controller
+            .submit(
+                Event::Open {
+                    info,
+                    handle: handle.clone(),
+                },
+                &handle,
+            )
+            .await;
 
-    // The close that on-close reports: whichever side closed first.
-    let mut first_close: Option<(u16, String)> = None;
-    let mut reading = true;
-    let mut writer = Writer::new();
-    // Armed once the connection starts closing; created once, not per
-    // frame, so reading a message registers no timer.
-    let mut closing = false;
-    let close_timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(close_timer);
-    let mut keepalive = Keepalive::new(limits);
-    let expiry = async move {
-        match expires_at {
-            Some(at) => {
-                let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-                tokio::time::sleep(left).await;
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(expiry);
-    let mut expired = false;
-    loop {
-        tokio::select! {
-            io = std::future::poll_fn(|cx| poll_io(&mut ws, &handle, &mut writer, reading, closing, cx)) => match io {
-                Io::Read(frame) => {
-                    keepalive.received();
-                    match frame {
-                        Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
-                            if !handle.is_closing() {
-                                controller.submit(Event::Message { id, msg }, &handle).await;
-                            }
-                        }
-                        Some(Ok(WsMessage::Close(frame))) => {
-                            // tungstenite answers the close; the stream ends next.
-                            first_close.get_or_insert_with(|| match frame {
-                                Some(frame) => (u16::from(frame.code), frame.reason.to_string()),
-                                None => (CLOSE_NO_STATUS, String::new()),
-                            });
-                        }
-                        // Pings are answered by tungstenite; pongs only prove life.
-                        Some(Ok(_)) => {}
-                        Some(Err(err)) => {
-                            reading = false;
-                            match classify(&err) {
-                                Some((code, message)) => {
-                                    warn!(route = %route, conn = id, code, error = %message, "client error");
-                                    first_close.get_or_insert_with(|| (code, message.clone()));
-                                    controller.submit(Event::Error { id, code, message }, &handle).await;
-                                    // The controller replies, then queues the
-                                    // close; the peer has until the deadline
-                                    // to take both.
-                                    close_timer.as_mut().reset(Instant::now() + close_timeout);
-                                    closing = true;
-                                }
-                                None => {
-                                    debug!(route = %route, conn = id, error = %err, "connection dropped");
-                                    break;
-                                }
-                            }
-                        }
-                        None => break,
-                    }
+        // The close that on-close reports: whichever side closed first.
+        let mut first_close: Option<(u16, String)> = None;
+        let mut reading = true;
+        let mut writer = Writer::new();
+        // Armed once the connection starts closing; created once, not per
+        // frame, so reading a message registers no timer.
+        let mut closing = false;
+        let close_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(close_timer);
+        let mut keepalive = Keepalive::new(limits);
+        let expiry = async move {
+            match expires_at {
+                Some(at) => {
+                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(left).await;
                 }
-                Io::Wrote(exit) => match exit {
-                    WriterExit::Closed(frame) => {
-                        first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
-                        if !reading {
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        let mut expired = false;
+        loop {
+            tokio::select! {
+                io = std::future::poll_fn(|cx| poll_io(&mut ws, &handle, &mut writer, reading, closing, cx)) => match io {
+                    Io::Read(frame) => {
+                        keepalive.received();
+                        match frame {
+                            Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
+                                if !handle.is_closing() {
+                                    controller.submit(Event::Message { id, msg }, &handle).await;
+                                }
+                            }
+                            Some(Ok(WsMessage::Close(frame))) => {
+                                // tungstenite answers the close; the stream ends next.
+                                first_close.get_or_insert_with(|| match frame {
+                                    Some(frame) => (u16::from(frame.code), frame.reason.to_string()),
+                                    None => (CLOSE_NO_STATUS, String::new()),
+                                });
+                            }
+                            // Pings are answered by tungstenite; pongs only prove life.
+                            Some(Ok(_)) => {}
+                            Some(Err(err)) => {
+                                reading = false;
+                                match classify(&err) {
+                                    Some((code, message)) => {
+                                        warn!(route = %route, conn = id, code, error = %message, "client error");
+                                        first_close.get_or_insert_with(|| (code, message.clone()));
+                                        controller.submit(Event::Error { id, code, message }, &handle).await;
+                                        // The controller replies, then queues the
+                                        // close; the peer has until the deadline
+                                        // to take both.
+                                        close_timer.as_mut().reset(Instant::now() + close_timeout);
+                                        closing = true;
+                                    }
+                                    None => {
+                                        debug!(route = %route, conn = id, error = %err, "connection dropped");
+                                        break;
+                                    }
+                                }
+                            }
+                            None => break,
+                        }
+                    }
+                    Io::Wrote(exit) => match exit {
+                        WriterExit::Closed(frame) => {
+                            first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
+                            if !reading {
+                                break;
+                            }
+                            close_timer.as_mut().reset(Instant::now() + close_timeout);
+                            closing = true;
+                        }
+                        WriterExit::Killed(frame) => {
+                            first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
                             break;
                         }
+                        WriterExit::Failed => break,
+                    },
+                    // However closing started, the peer gets the close timeout
+                    // to finish it, even if it stopped reading and writing.
+                    Io::ClosingStarted => {
                         close_timer.as_mut().reset(Instant::now() + close_timeout);
                         closing = true;
                     }
-                    WriterExit::Killed(frame) => {
-                        first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
-                        break;
-                    }
-                    WriterExit::Failed => break,
                 },
-                // However closing started, the peer gets the close timeout
-                // to finish it, even if it stopped reading and writing.
-                Io::ClosingStarted => {
-                    close_timer.as_mut().reset(Instant::now() + close_timeout);
-                    closing = true;
+                due = keepalive.tick(), if keepalive.is_on() && !handle.is_closing() => match due {
+                    Due::Ping => {
+                        let _ = handle.push(WsMessage::Ping(Default::default()));
+                    }
+                    Due::IdleClose => {
+                        debug!(route = %route, conn = id, "idle timeout");
+                        let _ = handle.close(1001, "idle timeout");
+                    }
+                },
+                () = &mut expiry, if !expired && !handle.is_closing() => {
+                    expired = true;
+                    debug!(route = %route, conn = id, "token expired");
+                    let _ = handle.close(1008, "token expired");
+                },
+                () = &mut close_timer, if closing => break,
+                () = shutdown.cancelled(), if !handle.is_closing() => {
+                    let _ = handle.close(1001, "server shutting down");
                 }
-            },
-            due = keepalive.tick(), if keepalive.is_on() && !handle.is_closing() => match due {
-                Due::Ping => {
-                    let _ = handle.push(WsMessage::Ping(Default::default()));
-                }
-                Due::IdleClose => {
-                    debug!(route = %route, conn = id, "idle timeout");
-                    let _ = handle.close(1001, "idle timeout");
-                }
-            },
-            () = &mut expiry, if !expired && !handle.is_closing() => {
-                expired = true;
-                debug!(route = %route, conn = id, "token expired");
-                let _ = handle.close(1008, "token expired");
-            },
-            () = &mut close_timer, if closing => break,
-            () = shutdown.cancelled(), if !handle.is_closing() => {
-                let _ = handle.close(1001, "server shutting down");
             }
         }
-    }
-    handle.finish();
-    let (code, reason) = first_close.unwrap_or((CLOSE_ABNORMAL, String::new()));
-    info!(route = %route, conn = id, code, reason = %reason, "connection closed");
-    // Events still queued run first; then on-close, and this returns once it
-    // has run, so that whoever drops the instance after this (the lease)
-    // never overlaps it with its successor.
-    controller
-        .submit(Event::Close { id, code, reason }, &handle)
+        handle.finish();
+        let (code, reason) = first_close.unwrap_or((CLOSE_ABNORMAL, String::new()));
+        info!(route = %route, conn = id, code, reason = %reason, "connection closed");
+        // Events still queued run first; then on-close, and this returns once it
+        // has run, so that whoever drops the instance after this (the lease)
+        // never overlaps it with its successor.
+        controller
+            .submit(Event::Close { id, code, reason }, &handle)
+            .await;
+        std::future::poll_fn(|cx| {
+            handle.waker.register(cx.waker());
+            if handle.events_waiting() == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
         .await;
-    std::future::poll_fn(|cx| {
-        handle.waker.register(cx.waker());
-        if handle.events_waiting() == 0 {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    })
-    .await;
+        drop(keep);
+    }
 }

@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -246,12 +247,27 @@ struct Accepted {
 }
 
 impl Accepted {
-    async fn run(self, mut stream: TcpStream) {
+    async fn run(self, stream: TcpStream) {
+        // Both phases are boxed, so the task of every connection is small:
+        // the handshake's futures are freed after the upgrade, and the
+        // connection's are allocated at their own size.
+        if let Some(connection) = Box::pin(self.upgrade(stream)).await {
+            connection.await;
+        }
+    }
+
+    /// Reads and checks the upgrade request, then answers it: with a
+    /// rejection (and `None`) or with the upgrade, returning the
+    /// connection's future.
+    async fn upgrade(
+        &self,
+        mut stream: TcpStream,
+    ) -> Option<Pin<Box<impl Future<Output = ()> + Send + 'static>>> {
         let _ = stream.set_nodelay(true);
         let limits = &self.config.limits;
         let request = tokio::select! {
             read = tokio::time::timeout(limits.handshake_timeout(), handshake::read_request(&mut stream)) => read,
-            () = self.stopping.cancelled() => return,
+            () = self.stopping.cancelled() => return None,
         };
         let request = match request {
             Ok(Ok(request)) => request,
@@ -259,7 +275,7 @@ impl Accepted {
                 let _ =
                     handshake::reject(&mut stream, &Rejection::new(431, "request head too large"))
                         .await;
-                return;
+                return None;
             }
             Ok(Err(ReadError::Malformed(reason))) => {
                 let _ = handshake::reject(
@@ -267,11 +283,11 @@ impl Accepted {
                     &Rejection::new(400, format!("malformed request: {reason}")),
                 )
                 .await;
-                return;
+                return None;
             }
             Ok(Err(err)) => {
                 debug!(peer = %self.peer, error = %err, "no request");
-                return;
+                return None;
             }
             Err(_elapsed) => {
                 debug!(peer = %self.peer, "handshake timeout");
@@ -282,7 +298,7 @@ impl Accepted {
                     handshake::reject(&mut stream, &rejection),
                 )
                 .await;
-                return;
+                return None;
             }
         };
 
@@ -296,12 +312,12 @@ impl Accepted {
                     info!(peer = %self.peer, path = %request.path, status = rejection.status, reason = %rejection.body, "upgrade refused");
                 }
                 let _ = handshake::reject(&mut stream, &rejection).await;
-                return;
+                return None;
             }
         };
         if let Err(err) = handshake::accept(&mut stream, &admitted.key).await {
             debug!(peer = %self.peer, error = %err, "upgrade failed");
-            return;
+            return None;
         }
         let Admitted {
             id,
@@ -349,9 +365,17 @@ impl Accepted {
         let ws =
             WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config))
                 .await;
-        connection::run(ws, info, lease.handle.clone(), limits, self.stopping).await;
-        // Dropping the lease may drop the instance, once on-close is queued.
-        drop(lease);
+        let controller = lease.handle.clone();
+        // The lease (dropping it may drop the instance) and the permit end
+        // with the connection, after its on-close.
+        Some(Box::pin(connection::run(
+            ws,
+            Arc::new(info),
+            controller,
+            self.config.clone(),
+            self.stopping.clone(),
+            (lease, _permit),
+        )))
     }
 
     /// Routes an upgrade request and runs every check that may refuse it,
