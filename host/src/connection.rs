@@ -114,6 +114,8 @@ pub struct ConnHandle {
     /// The close frame to send at once, dropping what is queued. A std
     /// mutex: held only to store or take the frame, never across an await.
     kill_frame: Mutex<Option<CloseFrame>>,
+    /// Set with `kill_frame`, so the task checks it without the lock.
+    killed: AtomicBool,
     /// Events of this connection queued for its busy controller.
     events: AtomicUsize,
 }
@@ -134,6 +136,7 @@ impl ConnHandle {
             max_queued_bytes: limits.outbound_queue_bytes,
             closing: AtomicBool::new(false),
             kill_frame: Mutex::new(None),
+            killed: AtomicBool::new(false),
             events: AtomicUsize::new(0),
         }
     }
@@ -199,11 +202,6 @@ impl ConnHandle {
             queue.frames = VecDeque::new();
         }
         Some(out)
-    }
-
-    /// Whether a frame waits to be written.
-    fn has_queued(&self) -> bool {
-        !self.queue().frames.is_empty()
     }
 
     /// Drops what is queued, for a close that goes first.
@@ -272,10 +270,14 @@ impl ConnHandle {
 
     fn kill_with(&self, frame: CloseFrame) {
         *self.kill_frame.lock().expect("kill frame lock") = Some(frame);
+        self.killed.store(true, Ordering::Release);
         self.waker.wake();
     }
 
     fn take_kill(&self) -> Option<CloseFrame> {
+        if !self.killed.load(Ordering::Acquire) {
+            return None;
+        }
         self.kill_frame.lock().expect("kill frame lock").take()
     }
 }
@@ -373,7 +375,9 @@ impl Writer {
                         continue;
                     }
                     let mut fed = 0;
-                    while fed < WRITE_BATCH && handle.has_queued() {
+                    while fed < WRITE_BATCH {
+                        // Ready at once unless an earlier write is blocked;
+                        // a frame leaves the queue only once it can be fed.
                         std::task::ready!(ws.as_mut().poll_ready(cx))?;
                         match handle.dequeue() {
                             Some(Outgoing::Frame(frame)) => {
@@ -608,6 +612,10 @@ pub fn run(
         };
         tokio::pin!(expiry);
         let mut expired = false;
+        // Made once: a new one per loop would enter and leave the token's
+        // waiter list (a lock shared by every connection) at every wake-up.
+        let shutdown_started = shutdown.cancelled();
+        tokio::pin!(shutdown_started);
         loop {
             tokio::select! {
                 io = std::future::poll_fn(|cx| poll_io(&mut ws, &handle, &mut writer, reading, closing, cx)) => match io {
@@ -687,7 +695,7 @@ pub fn run(
                     let _ = handle.close(1008, "token expired");
                 },
                 () = &mut close_timer, if closing => break,
-                () = shutdown.cancelled(), if !handle.is_closing() => {
+                () = &mut shutdown_started, if !handle.is_closing() => {
                     let _ = handle.close(1001, "server shutting down");
                 }
             }
