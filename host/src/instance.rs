@@ -3,11 +3,13 @@
 //! A [`ControllerHandle`] is one controller instance: its wasmtime `Store`
 //! behind an async lock, and a queue of events waiting for it. A
 //! connection's task [`submit`](ControllerHandle::submit)s each event: when
-//! the instance is free and nothing waits, the task runs the event in the
-//! guest itself, so an event costs no hop between tasks (the task that read
-//! the message runs `on-message` and then writes the reply). When the
-//! instance is busy, the event joins the queue and a drainer task runs the
-//! queued events back to back, as an actor would, until the queue is empty.
+//! no one runs events on the instance, the task runs the event in the guest
+//! itself, so an event costs no hop between tasks (the task that read the
+//! message runs `on-message` and then writes the reply), and then runs a
+//! few of the events queued meanwhile. When the instance is busy, the event
+//! joins the queue; whoever runs events empties it before stopping, handing
+//! a long queue to a drainer task that runs events back to back, as an
+//! actor would under load.
 //! Either way the events of one connection run in the order they arrived.
 //! A trap, panic or exhausted budget in an event replaces the instance with
 //! a fresh one from the same module; the connection table moves across, the
@@ -82,9 +84,16 @@ pub struct ControllerHandle {
 #[derive(Default)]
 struct Waiting {
     events: VecDeque<(Event, Arc<ConnHandle>)>,
-    /// A drainer task is running (or about to): it empties `events`.
-    draining: bool,
+    /// Someone runs events on the instance (a connection's task or a
+    /// drainer task) and empties `events` before it stops. Events are
+    /// queued only while this is set.
+    busy: bool,
 }
+
+/// Queued events the connection task that made the instance busy runs
+/// after its own before it hands the rest to a drainer task: it saves
+/// the drainer in short bursts and delays the task's own writes little.
+const COMBINE: usize = 16;
 
 /// Queued events a drainer runs before it lets a swap or a retirement
 /// (waiting for the lock) have the instance.
@@ -133,32 +142,46 @@ impl ControllerHandle {
         self.waiting.lock().expect("controller queue lock")
     }
 
-    /// Runs `event` of connection `conn`: at once, in this task, when the
-    /// instance is free and no event waits for it; otherwise it is queued
-    /// and `conn`'s [`ConnHandle::events_waiting`] counts it until a
-    /// drainer has run it. Never waits for another event.
+    /// Runs `event` of connection `conn`: at once, in this task, when no
+    /// one else runs events on the instance (and then a few queued ones
+    /// too); otherwise it is queued, and `conn`'s
+    /// [`ConnHandle::events_waiting`] counts it until it has run. Never
+    /// waits for another connection's event.
     pub async fn submit(self: &Arc<Self>, event: Event, conn: &Arc<ConnHandle>) {
-        if let Ok(mut actor) = self.actor.try_lock() {
-            let idle = {
-                let waiting = self.waiting();
-                !waiting.draining && waiting.events.is_empty()
-            };
-            if idle {
-                // Boxed: a guest call's future is large, and every
-                // connection's task would otherwise carry its size.
-                Box::pin(actor.handle(event)).await;
+        {
+            let mut waiting = self.waiting();
+            if waiting.busy {
+                conn.event_queued();
+                waiting.events.push_back((event, conn.clone()));
                 return;
             }
+            waiting.busy = true;
         }
-        conn.event_queued();
-        let start = {
-            let mut waiting = self.waiting();
-            waiting.events.push_back((event, conn.clone()));
-            !std::mem::replace(&mut waiting.draining, true)
-        };
-        if start {
-            tokio::spawn(self.clone().drain());
+        // Only a swap or a retirement can hold the lock now.
+        let mut actor = self.actor.lock().await;
+        // Boxed: a guest call's future is large, and every connection's
+        // task would otherwise carry its size.
+        Box::pin(actor.handle(event)).await;
+        for _ in 0..COMBINE {
+            let Some((event, conn)) = self.next_waiting() else {
+                return;
+            };
+            Box::pin(actor.handle(event)).await;
+            conn.event_done();
         }
+        // Still busy: a drainer task takes over, and this task gets back
+        // to its own socket.
+        drop(actor);
+        tokio::spawn(self.clone().drain());
+    }
+
+    /// The next queued event; `None` (and the instance no longer busy)
+    /// when none is left.
+    fn next_waiting(&self) -> Option<(Event, Arc<ConnHandle>)> {
+        let mut waiting = self.waiting();
+        let next = waiting.events.pop_front();
+        waiting.busy = next.is_some();
+        next
     }
 
     /// Runs queued events until none is left.
@@ -166,13 +189,7 @@ impl ControllerHandle {
         loop {
             let mut actor = self.actor.lock().await;
             for _ in 0..DRAIN_BATCH {
-                let next = {
-                    let mut waiting = self.waiting();
-                    let next = waiting.events.pop_front();
-                    waiting.draining = next.is_some();
-                    next
-                };
-                let Some((event, conn)) = next else {
+                let Some((event, conn)) = self.next_waiting() else {
                     return;
                 };
                 actor.handle(event).await;

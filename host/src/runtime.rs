@@ -38,7 +38,7 @@ fn context(what: &'static str) -> impl FnOnce(wasmtime::Error) -> anyhow::Error 
 pub struct Runtime {
     config: Arc<Config>,
     engine: Engine,
-    /// Controller instances alive now (each an actor with one store, two
+    /// Controller instances alive now (each with one store, two
     /// for a moment during a swap), reserved before they are created.
     live_instances: Arc<AtomicUsize>,
     /// The most instances that may be alive at once, if bounded by a pool.
