@@ -5,11 +5,9 @@
 //! connection's task [`submit`](ControllerHandle::submit)s each event: when
 //! no one runs events on the instance, the task runs the event in the guest
 //! itself, so an event costs no hop between tasks (the task that read the
-//! message runs `on-message` and then writes the reply), and then runs a
-//! few of the events queued meanwhile. When the instance is busy, the event
-//! joins the queue; whoever runs events empties it before stopping, handing
-//! a long queue to a drainer task that runs events back to back, as an
-//! actor would under load.
+//! message runs `on-message` and then writes the reply). When the instance
+//! is busy, the event joins the queue, and a drainer task runs queued
+//! events back to back until none is left, as an actor would under load.
 //! Either way the events of one connection run in the order they arrived.
 //! A trap, panic or exhausted budget in an event replaces the instance with
 //! a fresh one from the same module; the connection table moves across, the
@@ -90,11 +88,6 @@ struct Waiting {
     busy: bool,
 }
 
-/// Queued events the connection task that made the instance busy runs
-/// after its own before it hands the rest to a drainer task: it saves
-/// the drainer in short bursts and delays the task's own writes little.
-const COMBINE: usize = 16;
-
 /// Queued events a drainer runs before it lets a swap or a retirement
 /// (waiting for the lock) have the instance.
 const DRAIN_BATCH: usize = 64;
@@ -143,8 +136,7 @@ impl ControllerHandle {
     }
 
     /// Runs `event` of connection `conn`: at once, in this task, when no
-    /// one else runs events on the instance (and then a few queued ones
-    /// too); otherwise it is queued, and `conn`'s
+    /// one else runs events on the instance; otherwise it is queued, and `conn`'s
     /// [`ConnHandle::events_waiting`] counts it until it has run. Never
     /// waits for another connection's event.
     pub async fn submit(self: &Arc<Self>, event: Event, conn: &Arc<ConnHandle>) {
@@ -162,15 +154,15 @@ impl ControllerHandle {
         // Boxed: a guest call's future is large, and every connection's
         // task would otherwise carry its size.
         Box::pin(actor.handle(event)).await;
-        for _ in 0..COMBINE {
-            let Some((event, conn)) = self.next_waiting() else {
+        {
+            let mut waiting = self.waiting();
+            if waiting.events.is_empty() {
+                waiting.busy = false;
                 return;
-            };
-            Box::pin(actor.handle(event)).await;
-            conn.event_done();
+            }
         }
-        // Still busy: a drainer task takes over, and this task gets back
-        // to its own socket.
+        // Events came in meanwhile: a drainer task runs them (running them
+        // here instead measured no faster, and delayed this task's writes).
         drop(actor);
         tokio::spawn(self.clone().drain());
     }
