@@ -88,6 +88,17 @@ struct Waiting {
     busy: bool,
 }
 
+/// A connection's task running events on the instance; dropping it (also
+/// when the task is cancelled mid-event) hands the instance on, so a queue
+/// is never left without someone to run it.
+struct Turn<'a>(&'a Arc<ControllerHandle>);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.end_turn();
+    }
+}
+
 /// Queued events a drainer runs before it lets a swap or a retirement
 /// (waiting for the lock) have the instance.
 const DRAIN_BATCH: usize = 64;
@@ -136,9 +147,9 @@ impl ControllerHandle {
     }
 
     /// Runs `event` of connection `conn`: at once, in this task, when no
-    /// one else runs events on the instance; otherwise it is queued, and `conn`'s
-    /// [`ConnHandle::events_waiting`] counts it until it has run. Never
-    /// waits for another connection's event.
+    /// one else runs events on the instance; otherwise it is queued, and
+    /// `conn`'s [`ConnHandle::events_waiting`] counts it until it has run.
+    /// Never waits for another connection's event.
     pub async fn submit(self: &Arc<Self>, event: Event, conn: &Arc<ConnHandle>) {
         {
             let mut waiting = self.waiting();
@@ -149,11 +160,21 @@ impl ControllerHandle {
             }
             waiting.busy = true;
         }
+        // Whatever happens to this task from here, the instance is handed
+        // on when the turn ends.
+        let _turn = Turn(self);
         // Only a swap or a retirement can hold the lock now.
         let mut actor = self.actor.lock().await;
         // Boxed: a guest call's future is large, and every connection's
         // task would otherwise carry its size.
         Box::pin(actor.handle(event)).await;
+    }
+
+    /// Ends a turn of running events here: the instance is free again if
+    /// nothing was queued meanwhile; otherwise a drainer task runs the
+    /// queue (running it here instead measured no faster, and would delay
+    /// this task's own writes).
+    fn end_turn(self: &Arc<Self>) {
         {
             let mut waiting = self.waiting();
             if waiting.events.is_empty() {
@@ -161,10 +182,11 @@ impl ControllerHandle {
                 return;
             }
         }
-        // Events came in meanwhile: a drainer task runs them (running them
-        // here instead measured no faster, and delayed this task's writes).
-        drop(actor);
-        tokio::spawn(self.clone().drain());
+        // No runtime only while the process is tearing down: nothing is
+        // left to run then.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.clone().drain());
+        }
     }
 
     /// The next queued event; `None` (and the instance no longer busy)
