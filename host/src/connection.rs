@@ -432,6 +432,15 @@ impl Writer {
     }
 }
 
+/// What woke the connection's task.
+enum Step {
+    Io(Io),
+    Due(Due),
+    Expired,
+    CloseDeadline,
+    Shutdown,
+}
+
 /// What the connection's socket and queue have for its task.
 enum Io {
     /// A frame from the peer, an error, or the end of the stream.
@@ -491,20 +500,20 @@ impl Keepalive {
         self.last_received = Instant::now();
     }
 
-    /// Waits for the next check at which something is due.
-    async fn tick(&mut self) -> Due {
+    /// Ready at the next check at which something is due.
+    fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
         loop {
-            let now = self.check.tick().await;
+            let now = std::task::ready!(self.check.poll_tick(cx));
             let quiet = now.saturating_duration_since(self.last_received);
             if self.idle.is_some_and(|idle| quiet >= idle) {
-                return Due::IdleClose;
+                return Poll::Ready(Due::IdleClose);
             }
             if let Some(ping) = self.ping
                 && quiet >= ping
                 && now.saturating_duration_since(self.last_ping) >= ping
             {
                 self.last_ping = now;
-                return Due::Ping;
+                return Poll::Ready(Due::Ping);
             }
         }
     }
@@ -617,8 +626,31 @@ pub fn run(
         let shutdown_started = shutdown.cancelled();
         tokio::pin!(shutdown_started);
         loop {
-            tokio::select! {
-                io = std::future::poll_fn(|cx| poll_io(&mut ws, &handle, &mut writer, reading, closing, cx)) => match io {
+            // One poll of everything this task waits for, in a fixed order:
+            // the timers first (cheap while pending, and a peer that keeps
+            // sending cannot hold off the close deadline), then the socket.
+            let step = std::future::poll_fn(|cx| {
+                if closing && close_timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Step::CloseDeadline);
+                }
+                let open = !handle.is_closing();
+                if open && shutdown_started.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Step::Shutdown);
+                }
+                if open && !expired && expiry.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Step::Expired);
+                }
+                if open
+                    && keepalive.is_on()
+                    && let Poll::Ready(due) = keepalive.poll_due(cx)
+                {
+                    return Poll::Ready(Step::Due(due));
+                }
+                poll_io(&mut ws, &handle, &mut writer, reading, closing, cx).map(Step::Io)
+            })
+            .await;
+            match step {
+                Step::Io(io) => match io {
                     Io::Read(frame) => {
                         keepalive.received();
                         match frame {
@@ -630,7 +662,9 @@ pub fn run(
                             Some(Ok(WsMessage::Close(frame))) => {
                                 // tungstenite answers the close; the stream ends next.
                                 first_close.get_or_insert_with(|| match frame {
-                                    Some(frame) => (u16::from(frame.code), frame.reason.to_string()),
+                                    Some(frame) => {
+                                        (u16::from(frame.code), frame.reason.to_string())
+                                    }
                                     None => (CLOSE_NO_STATUS, String::new()),
                                 });
                             }
@@ -642,7 +676,9 @@ pub fn run(
                                     Some((code, message)) => {
                                         warn!(route = %route, conn = id, code, error = %message, "client error");
                                         first_close.get_or_insert_with(|| (code, message.clone()));
-                                        controller.submit(Event::Error { id, code, message }, &handle).await;
+                                        controller
+                                            .submit(Event::Error { id, code, message }, &handle)
+                                            .await;
                                         // The controller replies, then queues the
                                         // close; the peer has until the deadline
                                         // to take both.
@@ -660,7 +696,9 @@ pub fn run(
                     }
                     Io::Wrote(exit) => match exit {
                         WriterExit::Closed(frame) => {
-                            first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
+                            first_close.get_or_insert_with(|| {
+                                (u16::from(frame.code), frame.reason.to_string())
+                            });
                             if !reading {
                                 break;
                             }
@@ -668,7 +706,9 @@ pub fn run(
                             closing = true;
                         }
                         WriterExit::Killed(frame) => {
-                            first_close.get_or_insert_with(|| (u16::from(frame.code), frame.reason.to_string()));
+                            first_close.get_or_insert_with(|| {
+                                (u16::from(frame.code), frame.reason.to_string())
+                            });
                             break;
                         }
                         WriterExit::Failed => break,
@@ -680,22 +720,20 @@ pub fn run(
                         closing = true;
                     }
                 },
-                due = keepalive.tick(), if keepalive.is_on() && !handle.is_closing() => match due {
-                    Due::Ping => {
-                        let _ = handle.push(WsMessage::Ping(Default::default()));
-                    }
-                    Due::IdleClose => {
-                        debug!(route = %route, conn = id, "idle timeout");
-                        let _ = handle.close(1001, "idle timeout");
-                    }
-                },
-                () = &mut expiry, if !expired && !handle.is_closing() => {
+                Step::Due(Due::Ping) => {
+                    let _ = handle.push(WsMessage::Ping(Default::default()));
+                }
+                Step::Due(Due::IdleClose) => {
+                    debug!(route = %route, conn = id, "idle timeout");
+                    let _ = handle.close(1001, "idle timeout");
+                }
+                Step::Expired => {
                     expired = true;
                     debug!(route = %route, conn = id, "token expired");
                     let _ = handle.close(1008, "token expired");
-                },
-                () = &mut close_timer, if closing => break,
-                () = &mut shutdown_started, if !handle.is_closing() => {
+                }
+                Step::CloseDeadline => break,
+                Step::Shutdown => {
                     let _ = handle.close(1001, "server shutting down");
                 }
             }
