@@ -1,16 +1,20 @@
 //! One WebSocket connection after the upgrade: its outbound queue and the
 //! task that serves it.
 //!
-//! One task per connection does everything: it reads frames, takes its turn
-//! on the controller instance and runs the event there itself, and writes
-//! what is queued for the connection. Frames leave through a [`ConnHandle`]:
-//! the controller (and the host functions it calls) push them onto a bounded
-//! queue without ever waiting, and the task feeds them to the socket,
-//! flushing once per batch. Writing goes on while the task waits for its
-//! turn, so a busy route never stalls its own deliveries. A queue that fills
-//! up marks a slow consumer: the connection is closed with 1008 instead of
-//! growing. However the connection ends, [`run`] runs exactly one
-//! [`Event::Close`], after which nothing of the connection is left.
+//! One task per connection does everything: it reads frames, submits each
+//! event to the controller instance (running it right there when the
+//! instance is free, queueing it for the instance's drainer when busy), and
+//! writes what is queued for the connection. Frames leave through a
+//! [`ConnHandle`]: the controller (and the host functions it calls) push
+//! them onto a bounded queue without ever waiting, and the task feeds them
+//! to the socket, flushing once per batch. Writing goes on while the
+//! connection's events wait in the instance's queue, so a busy route never
+//! stalls its own deliveries; it pauses only while the task runs its own
+//! event, so one event may queue at most the outbound limits for its own
+//! connection. A queue that fills up marks a slow consumer: the connection
+//! is closed with 1008 instead of growing. However the connection ends,
+//! [`run`] submits exactly one [`Event::Close`], after which nothing of the
+//! connection is left.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -343,6 +347,12 @@ impl Writer {
         matches!(self.state, WriteState::Done)
     }
 
+    /// Writes nothing more: the peer's close was read, and tungstenite
+    /// sends its answer while reading.
+    fn end(&mut self) {
+        self.state = WriteState::Done;
+    }
+
     /// Writes what is queued, up to [`WRITE_BATCH`] frames per flush.
     /// Ready when the write side has ended.
     fn poll(&mut self, ws: &mut Ws, handle: &ConnHandle, cx: &mut Context<'_>) -> Poll<WriterExit> {
@@ -535,7 +545,7 @@ fn classify(err: &WsError) -> Option<(u16, String)> {
 }
 
 /// Polls the socket and the queue once: writes what is queued, and reads
-/// the next frame when `read` allows.
+/// the next frame when `reading` allows.
 fn poll_io(
     ws: &mut Ws,
     handle: &ConnHandle,
@@ -660,13 +670,21 @@ pub fn run(
                                 }
                             }
                             Some(Ok(WsMessage::Close(frame))) => {
-                                // tungstenite answers the close; the stream ends next.
+                                // tungstenite has queued its answer and sends
+                                // it as reading goes on; the stream ends next.
+                                // Nothing may be sent after that answer, so
+                                // the write side ends here (a frame still
+                                // queued would fail and lose the answer).
                                 first_close.get_or_insert_with(|| match frame {
                                     Some(frame) => {
                                         (u16::from(frame.code), frame.reason.to_string())
                                     }
                                     None => (CLOSE_NO_STATUS, String::new()),
                                 });
+                                writer.end();
+                                handle.finish();
+                                close_timer.as_mut().reset(Instant::now() + close_timeout);
+                                closing = true;
                             }
                             // Pings are answered by tungstenite; pongs only prove life.
                             Some(Ok(_)) => {}
@@ -676,14 +694,13 @@ pub fn run(
                                     Some((code, message)) => {
                                         warn!(route = %route, conn = id, code, error = %message, "client error");
                                         first_close.get_or_insert_with(|| (code, message.clone()));
+                                        // The controller replies, then queues
+                                        // the close; the close deadline starts
+                                        // then (closing started), not while
+                                        // the event waits for a busy instance.
                                         controller
                                             .submit(Event::Error { id, code, message }, &handle)
                                             .await;
-                                        // The controller replies, then queues the
-                                        // close; the peer has until the deadline
-                                        // to take both.
-                                        close_timer.as_mut().reset(Instant::now() + close_timeout);
-                                        closing = true;
                                     }
                                     None => {
                                         debug!(route = %route, conn = id, error = %err, "connection dropped");
@@ -724,8 +741,14 @@ pub fn run(
                     let _ = handle.push(WsMessage::Ping(Default::default()));
                 }
                 Step::Due(Due::IdleClose) => {
-                    debug!(route = %route, conn = id, "idle timeout");
-                    let _ = handle.close(1001, "idle timeout");
+                    if handle.events_waiting() > 0 {
+                        // Reading is paused for the controller: the client
+                        // is not idle, the controller is behind.
+                        keepalive.received();
+                    } else {
+                        debug!(route = %route, conn = id, "idle timeout");
+                        let _ = handle.close(1001, "idle timeout");
+                    }
                 }
                 Step::Expired => {
                     expired = true;

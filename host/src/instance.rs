@@ -82,22 +82,32 @@ pub struct ControllerHandle {
 #[derive(Default)]
 struct Waiting {
     events: VecDeque<(Event, Arc<ConnHandle>)>,
-    /// Someone runs events on the instance (a connection's task or a
-    /// drainer task) and empties `events` before it stops. Events are
-    /// queued only while this is set.
+    /// Someone runs events on the instance: a connection's task running
+    /// its own event (which hands what was queued meanwhile to a drainer
+    /// when it ends) or a drainer task (which runs until `events` is
+    /// empty). Events are queued only while this is set.
     busy: bool,
 }
 
-/// A connection's task running events on the instance; dropping it (also
-/// when the task is cancelled mid-event) hands the instance on, so a queue
-/// is never left without someone to run it.
-struct Turn<'a>(&'a Arc<ControllerHandle>);
+/// A task running events on the instance while it is `busy`. Dropped
+/// while armed (at the end of a connection's own event, or when a task is
+/// cancelled or panics mid-event), it hands the instance on: free again,
+/// or its queue to a new drainer.
+struct Turn<'a> {
+    handle: &'a Arc<ControllerHandle>,
+    armed: bool,
+}
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        self.0.end_turn();
+        if self.armed {
+            self.handle.end_turn();
+        }
     }
 }
+
+/// Queue capacity an instance keeps once its queue is empty.
+const KEEP_WAITING_CAPACITY: usize = 64;
 
 /// Queued events a drainer runs before it lets a swap or a retirement
 /// (waiting for the lock) have the instance.
@@ -162,8 +172,12 @@ impl ControllerHandle {
         }
         // Whatever happens to this task from here, the instance is handed
         // on when the turn ends.
-        let _turn = Turn(self);
-        // Only a swap or a retirement can hold the lock now.
+        let _turn = Turn {
+            handle: self,
+            armed: true,
+        };
+        // Only a swap, a retirement, the start of the instance or a
+        // drainer that is just returning can hold the lock now.
         let mut actor = self.actor.lock().await;
         // Boxed: a guest call's future is large, and every connection's
         // task would otherwise carry its size.
@@ -195,15 +209,25 @@ impl ControllerHandle {
         let mut waiting = self.waiting();
         let next = waiting.events.pop_front();
         waiting.busy = next.is_some();
+        if next.is_none() && waiting.events.capacity() > KEEP_WAITING_CAPACITY {
+            // Give back what a burst took.
+            waiting.events = VecDeque::new();
+        }
         next
     }
 
     /// Runs queued events until none is left.
     async fn drain(self: Arc<Self>) {
+        let mut turn = Turn {
+            handle: &self,
+            armed: true,
+        };
         loop {
-            let mut actor = self.actor.lock().await;
+            let mut actor = turn.handle.actor.lock().await;
             for _ in 0..DRAIN_BATCH {
-                let Some((event, conn)) = self.next_waiting() else {
+                let Some((event, conn)) = turn.handle.next_waiting() else {
+                    // The instance is free: `next_waiting` said so.
+                    turn.armed = false;
                     return;
                 };
                 actor.handle(event).await;
@@ -350,6 +374,10 @@ impl Actor {
             }
             Event::Error { id, code, message } => {
                 let Some(record) = records.get(&id) else {
+                    // No controller record: still close with the code.
+                    if let Some(handle) = store.data().owned.conns.get(&id) {
+                        let _ = handle.close(code, &message);
+                    }
                     return;
                 };
                 let err = ErrorInfo {

@@ -133,6 +133,55 @@ async fn concurrent_broadcasts_reach_everyone_once_in_each_senders_order() {
     server.stop().await;
 }
 
+/// A client that closes while frames are still queued for it gets a proper
+/// close answer after what the socket already held, not a dropped socket:
+/// nothing may follow the answer, so the frames still queued are dropped.
+#[tokio::test]
+async fn closing_with_frames_queued_gets_a_clean_close_answer() {
+    let mut config = test_config();
+    // Room for everything below in the queue: no slow-consumer close.
+    config.limits.outbound_queue_messages = 100_000;
+    config.limits.outbound_queue_bytes = 256 << 20;
+    let server = TestServer::start_with(&["chat"], config).await;
+    let mut alice = server.connect("/chat/?name=alice").await;
+    recv_json(&mut alice).await; // greeting
+    let mut bob = server.connect("/chat/?name=bob").await;
+    recv_json(&mut bob).await;
+    let mut carol = server.connect("/chat/?name=carol").await;
+    recv_json(&mut carol).await;
+    recv_json(&mut bob).await; // carol joined
+
+    // Bob sends 32 MiB; Alice reads none of it, so most of it waits in her
+    // queue behind full socket buffers. Carol reads it all: then every
+    // broadcast has been queued for Alice too.
+    let chunk = vec![7u8; 16 << 10];
+    for _ in 0..2_000 {
+        bob.feed(Message::binary(chunk.clone())).await.unwrap();
+    }
+    bob.flush().await.unwrap();
+    for _ in 0..2_000 {
+        assert_eq!(recv(&mut carol).await, Message::binary(chunk.clone()));
+    }
+
+    alice
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await
+        .unwrap();
+    let mut data = 0;
+    let answer = loop {
+        match recv(&mut alice).await {
+            Message::Close(frame) => break frame.expect("a close code"),
+            _ => data += 1,
+        }
+    };
+    assert_eq!(answer.code, CloseCode::Normal);
+    assert!(data < 2_000, "every queued frame was sent after the close");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn chat_greets_fans_out_and_announces_leaves() {
     let server = TestServer::start(&["chat", "echo"]).await;
