@@ -155,7 +155,8 @@ impl ConnHandle {
         self.events.load(Ordering::Acquire)
     }
 
-    /// An event of this connection was queued for its controller.
+    /// An event of this connection was queued for its controller (see
+    /// `instance::Ticket`).
     pub fn event_queued(&self) {
         self.events.fetch_add(1, Ordering::AcqRel);
     }
@@ -315,8 +316,9 @@ enum WriterExit {
 enum WriteState {
     /// Writing queued frames as they come.
     Open,
-    /// This close frame goes out next, then the write side ends.
-    SendClose(CloseFrame, bool),
+    /// Killed: what was queued is dropped, this close frame goes out next,
+    /// then the write side ends.
+    Kill(CloseFrame),
     /// The close frame is fed; flush it, then end with this.
     FlushClose(Option<WriterExit>),
     /// Ended.
@@ -381,7 +383,7 @@ impl Writer {
                 WriteState::Open => {
                     if let Some(frame) = handle.take_kill() {
                         handle.clear();
-                        self.state = WriteState::SendClose(frame, true);
+                        self.state = WriteState::Kill(frame);
                         continue;
                     }
                     let mut fed = 0;
@@ -415,21 +417,15 @@ impl Writer {
                     if fed == WRITE_BATCH {
                         // More may wait: let the reader have a go first.
                         cx.waker().wake_by_ref();
-                        return Poll::Pending;
                     }
                     return Poll::Pending;
                 }
-                WriteState::SendClose(frame, killed) => {
+                WriteState::Kill(frame) => {
                     std::task::ready!(ws.as_mut().poll_ready(cx))?;
                     let frame = frame.clone();
                     ws.as_mut()
                         .start_send(WsMessage::Close(Some(frame.clone())))?;
-                    let exit = if *killed {
-                        WriterExit::Killed(frame)
-                    } else {
-                        WriterExit::Closed(frame)
-                    };
-                    self.state = WriteState::FlushClose(Some(exit));
+                    self.state = WriteState::FlushClose(Some(WriterExit::Killed(frame)));
                 }
                 WriteState::FlushClose(exit) => {
                     std::task::ready!(ws.as_mut().poll_flush(cx))?;

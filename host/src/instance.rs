@@ -81,12 +81,31 @@ pub struct ControllerHandle {
 
 #[derive(Default)]
 struct Waiting {
-    events: VecDeque<(Event, Arc<ConnHandle>)>,
+    events: VecDeque<(Event, Ticket)>,
     /// Someone runs events on the instance: a connection's task running
     /// its own event (which hands what was queued meanwhile to a drainer
     /// when it ends) or a drainer task (which runs until `events` is
     /// empty). Events are queued only while this is set.
     busy: bool,
+}
+
+/// Counts a queued event on its connection's
+/// [`ConnHandle::events_waiting`] until it is dropped: after the event ran,
+/// or when it never will (a drainer that panics or is cancelled), so a
+/// connection never waits for an event that is gone.
+struct Ticket(Arc<ConnHandle>);
+
+impl Ticket {
+    fn new(conn: &Arc<ConnHandle>) -> Ticket {
+        conn.event_queued();
+        Ticket(conn.clone())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.event_done();
+    }
 }
 
 /// A task running events on the instance while it is `busy`. Dropped
@@ -164,8 +183,7 @@ impl ControllerHandle {
         {
             let mut waiting = self.waiting();
             if waiting.busy {
-                conn.event_queued();
-                waiting.events.push_back((event, conn.clone()));
+                waiting.events.push_back((event, Ticket::new(conn)));
                 return;
             }
             waiting.busy = true;
@@ -205,7 +223,7 @@ impl ControllerHandle {
 
     /// The next queued event; `None` (and the instance no longer busy)
     /// when none is left.
-    fn next_waiting(&self) -> Option<(Event, Arc<ConnHandle>)> {
+    fn next_waiting(&self) -> Option<(Event, Ticket)> {
         let mut waiting = self.waiting();
         let next = waiting.events.pop_front();
         waiting.busy = next.is_some();
@@ -225,13 +243,12 @@ impl ControllerHandle {
         loop {
             let mut actor = turn.handle.actor.lock().await;
             for _ in 0..DRAIN_BATCH {
-                let Some((event, conn)) = turn.handle.next_waiting() else {
+                let Some((event, _ticket)) = turn.handle.next_waiting() else {
                     // The instance is free: `next_waiting` said so.
                     turn.armed = false;
                     return;
                 };
                 actor.handle(event).await;
-                conn.event_done();
             }
             drop(actor);
             tokio::task::yield_now().await;

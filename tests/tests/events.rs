@@ -289,6 +289,43 @@ async fn a_trapping_controller_closes_only_the_failing_connection() {
     server.stop().await;
 }
 
+/// A trap while other clients' events wait in the instance's queue: the
+/// queue survives the replacement instance, every other client gets each
+/// of its replies once and in order, and only the failing one gets 1011.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_amid_queued_traffic_loses_no_other_event() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(server.connect("/probe/").await);
+    }
+    let mut failing = server.connect("/probe/").await;
+    for (c, ws) in clients.iter_mut().enumerate() {
+        for i in 0..200 {
+            ws.feed(Message::text(format!("c{c}-{i}"))).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+    }
+    send_text(&mut failing, "panic").await;
+    let readers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(c, mut ws)| {
+            tokio::spawn(async move {
+                for i in 0..200 {
+                    assert_eq!(recv_text(&mut ws).await, format!("c{c}-{i}"));
+                }
+                assert_eq!(ask(&mut ws, "still here").await, "still here");
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    assert_eq!(expect_close(&mut failing).await.code, CloseCode::Error);
+    server.stop().await;
+}
+
 /// Writes raw bytes on an upgraded socket and expects the server's close
 /// frame with `code`, after `on-error` reported the same code.
 async fn raw_violation(server: &TestServer, watcher: &mut Ws, bytes: &[u8]) {
