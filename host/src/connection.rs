@@ -122,6 +122,9 @@ pub struct ConnHandle {
     killed: AtomicBool,
     /// Events of this connection queued for its busy controller.
     events: AtomicUsize,
+    /// The connection's task is running one of its own events, and polls
+    /// its queue right after: a frame queued meanwhile need not wake it.
+    in_turn: AtomicBool,
 }
 
 /// Why [`ConnHandle::enqueue`] refused.
@@ -142,6 +145,7 @@ impl ConnHandle {
             kill_frame: Mutex::new(None),
             killed: AtomicBool::new(false),
             events: AtomicUsize::new(0),
+            in_turn: AtomicBool::new(false),
         }
     }
 
@@ -192,7 +196,13 @@ impl ConnHandle {
         queue.frames.push_back(out);
         queue.bytes += len;
         drop(queue);
-        self.waker.wake();
+        // The task clears `in_turn` before it next takes the queue lock, so
+        // a frame pushed after that lock sees the flag clear and wakes it,
+        // and one pushed before is found by that poll. Waking the task from
+        // within its own turn would only poll it once more for nothing.
+        if !self.in_turn.load(Ordering::Acquire) {
+            self.waker.wake();
+        }
         Ok(())
     }
 
@@ -571,6 +581,16 @@ fn poll_io(
     Poll::Pending
 }
 
+/// Submits one of the connection's events from the connection's task.
+/// While the task runs the event itself, what the event queues for this
+/// connection does not wake the task: the loop writes it right after. (Only
+/// a runtime teardown cancels this midway, and the task is gone then.)
+async fn submit(controller: &Arc<ControllerHandle>, event: Event, handle: &Arc<ConnHandle>) {
+    handle.in_turn.store(true, Ordering::Release);
+    controller.submit(event, handle).await;
+    handle.in_turn.store(false, Ordering::Release);
+}
+
 /// Serves one upgraded connection until it ends, then runs its `on-close`;
 /// `keep` is dropped after that. A plain function returning an `async`
 /// block, not an `async fn`: its arguments then live once in the future,
@@ -596,15 +616,15 @@ pub fn run(
         let close_timeout = limits.close_timeout();
         info!(route = %route, conn = id, peer = %info.peer, path = %info.path, "connection opened");
 
-        controller
-            .submit(
-                Event::Open {
-                    info,
-                    handle: handle.clone(),
-                },
-                &handle,
-            )
-            .await;
+        submit(
+            &controller,
+            Event::Open {
+                info,
+                handle: handle.clone(),
+            },
+            &handle,
+        )
+        .await;
 
         // The close that on-close reports: whichever side closed first.
         let mut first_close: Option<(u16, String)> = None;
@@ -662,7 +682,7 @@ pub fn run(
                         match frame {
                             Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
                                 if !handle.is_closing() {
-                                    controller.submit(Event::Message { id, msg }, &handle).await;
+                                    submit(&controller, Event::Message { id, msg }, &handle).await;
                                 }
                             }
                             Some(Ok(WsMessage::Close(frame))) => {
@@ -694,9 +714,12 @@ pub fn run(
                                         // the close; the close deadline starts
                                         // then (closing started), not while
                                         // the event waits for a busy instance.
-                                        controller
-                                            .submit(Event::Error { id, code, message }, &handle)
-                                            .await;
+                                        submit(
+                                            &controller,
+                                            Event::Error { id, code, message },
+                                            &handle,
+                                        )
+                                        .await;
                                     }
                                     None => {
                                         debug!(route = %route, conn = id, error = %err, "connection dropped");
@@ -763,9 +786,7 @@ pub fn run(
         // Events still queued run first; then on-close, and this returns once it
         // has run, so that whoever drops the instance after this (the lease)
         // never overlaps it with its successor.
-        controller
-            .submit(Event::Close { id, code, reason }, &handle)
-            .await;
+        submit(&controller, Event::Close { id, code, reason }, &handle).await;
         std::future::poll_fn(|cx| {
             handle.waker.register(cx.waker());
             if handle.events_waiting() == 0 {
