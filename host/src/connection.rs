@@ -134,7 +134,7 @@ enum EnqueueError {
 }
 
 impl ConnHandle {
-    fn new(id: u64, limits: &crate::config::Limits) -> ConnHandle {
+    pub(crate) fn new(id: u64, limits: &crate::config::Limits) -> ConnHandle {
         ConnHandle {
             id,
             queue: Mutex::new(Queue::default()),
@@ -217,6 +217,16 @@ impl ConnHandle {
             queue.frames = VecDeque::new();
         }
         Some(out)
+    }
+
+    /// Drops what is queued (its writing is what is not timed) and returns
+    /// how many frames that was. For [`crate::module::time_events`].
+    pub(crate) fn discard_queued(&self) -> usize {
+        let mut queue = self.queue();
+        let count = queue.frames.len();
+        queue.frames.clear();
+        queue.bytes = 0;
+        count
     }
 
     /// Drops what is queued, for a close that goes first.
@@ -307,6 +317,32 @@ pub fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
     CloseFrame {
         code,
         reason: Utf8Bytes::from(&reason[..end]),
+    }
+}
+
+/// The server's shutdown, as the connections' tasks watch it. A task looks
+/// at it on every wake-up, so that look is one atomic load: polling the
+/// token's wait there would take two locks shared by every connection.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    started: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl Shutdown {
+    /// Tells every connection (and every handshake) to close.
+    pub fn start(&self) {
+        self.started.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Resolves once the shutdown has started.
+    pub async fn started(&self) {
+        self.token.cancelled().await
+    }
+
+    fn has_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
     }
 }
 
@@ -604,7 +640,7 @@ pub fn run(
     info: Arc<ConnectionInfo>,
     controller: Arc<ControllerHandle>,
     config: Arc<crate::config::Config>,
-    shutdown: CancellationToken,
+    shutdown: Shutdown,
     keep: impl Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
@@ -647,10 +683,11 @@ pub fn run(
         };
         tokio::pin!(expiry);
         let mut expired = false;
-        // Made once: a new one per loop would enter and leave the token's
-        // waiter list (a lock shared by every connection) at every wake-up.
-        let shutdown_started = shutdown.cancelled();
+        // Polled once to join the token's waiter list, which wakes this task
+        // when the shutdown starts; after that only when the flag says so.
+        let shutdown_started = shutdown.token.cancelled();
         tokio::pin!(shutdown_started);
+        let mut watching_shutdown = false;
         loop {
             // One poll of everything this task waits for, in a fixed order:
             // the timers first (cheap while pending, and a peer that keeps
@@ -660,8 +697,11 @@ pub fn run(
                     return Poll::Ready(Step::CloseDeadline);
                 }
                 let open = !handle.is_closing();
-                if open && shutdown_started.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Step::Shutdown);
+                if open && (!watching_shutdown || shutdown.has_started()) {
+                    watching_shutdown = true;
+                    if shutdown_started.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Step::Shutdown);
+                    }
                 }
                 if open && !expired && expiry.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Step::Expired);

@@ -263,6 +263,72 @@ pub async fn time_instantiation(
     Ok(start.elapsed())
 }
 
+/// Runs `count` `on-message` events carrying a binary message of
+/// `payload` bytes through one instance of the module at `path`, exactly as
+/// a connection's task runs its own event when the instance is free (the
+/// record and message lowered into the guest, the call, the reply lifted and
+/// queued for the connection), with no socket, and returns the wall time.
+/// For the benchmarks: it is what the WebAssembly layer adds to every
+/// message, the part a hand-written server does not pay.
+pub async fn time_events(
+    config: crate::Config,
+    path: &Path,
+    count: usize,
+    payload: usize,
+) -> anyhow::Result<std::time::Duration> {
+    use crate::connection::{ConnHandle, ConnectionInfo};
+    use crate::instance::{ControllerHandle, Event};
+    use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage};
+
+    let config = Arc::new(config);
+    let runtime = Runtime::new(config.clone())?;
+    let (module, _) = load(&runtime, path).await?;
+    let route = module.name.clone();
+    let instance = ControllerHandle::new(
+        runtime.clone(),
+        Arc::new(module),
+        runtime.detached_owned(),
+        None,
+    );
+    let id = 1;
+    let info = Arc::new(ConnectionInfo {
+        id,
+        route: route.clone(),
+        path: format!("/{route}"),
+        params: Vec::new(),
+        query: Vec::new(),
+        user: None,
+        roles: Vec::new(),
+        expires_at: None,
+        peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    });
+    let conn = Arc::new(ConnHandle::new(id, &config.limits));
+    instance
+        .submit(
+            Event::Open {
+                info,
+                handle: conn.clone(),
+            },
+            &conn,
+        )
+        .await;
+    conn.discard_queued();
+    let payload = Bytes::from(vec![b'x'; payload]);
+    let mut replies = 0;
+    let start = std::time::Instant::now();
+    for _ in 0..count {
+        let msg = WsMessage::Binary(payload.clone());
+        instance.submit(Event::Message { id, msg }, &conn).await;
+        replies += conn.discard_queued();
+    }
+    let took = start.elapsed();
+    anyhow::ensure!(
+        replies == count,
+        "the controller answered {replies} of {count} messages; time it with an echo controller"
+    );
+    Ok(took)
+}
+
 #[cfg(test)]
 mod tests {
     use super::valid_name;

@@ -22,7 +22,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
@@ -176,7 +175,7 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let tracker = TaskTracker::new();
-        let stopping = CancellationToken::new();
+        let stopping = connection::Shutdown::default();
         let Server {
             config,
             routes,
@@ -222,7 +221,7 @@ impl Server {
             connections = admission.total(),
             "shutting down: closing connections"
         );
-        stopping.cancel();
+        stopping.start();
         tracker.close();
         let timeout = config.limits.shutdown_timeout();
         if tokio::time::timeout(timeout, tracker.wait()).await.is_err() {
@@ -242,7 +241,7 @@ struct Accepted {
     next_id: Arc<AtomicU64>,
     admission: Arc<Admission>,
     guard: Arc<Guard>,
-    stopping: CancellationToken,
+    stopping: connection::Shutdown,
     peer: std::net::SocketAddr,
 }
 
@@ -267,7 +266,7 @@ impl Accepted {
         let limits = &self.config.limits;
         let request = tokio::select! {
             read = tokio::time::timeout(limits.handshake_timeout(), handshake::read_request(&mut stream)) => read,
-            () = self.stopping.cancelled() => return None,
+            () = self.stopping.started() => return None,
         };
         let request = match request {
             Ok(Ok(request)) => request,

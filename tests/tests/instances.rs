@@ -321,3 +321,21 @@ async fn a_full_instance_pool_answers_503_before_upgrade() {
     assert_eq!(ask(&mut c, "in c").await, "in c");
     server.stop().await;
 }
+
+/// The benchmarks' in-process event timing runs every event through the
+/// guest and counts the replies: a controller that does not answer each
+/// message cannot be timed as an echo.
+#[tokio::test]
+async fn timed_events_each_reach_the_guest_and_are_answered() {
+    let took = switchyard::module::time_events(test_config(), &module("echo"), 500, 16 << 10)
+        .await
+        .expect("echo answers every event");
+    assert!(took > Duration::ZERO);
+    let err = switchyard::module::time_events(test_config(), &module("chat"), 10, 32)
+        .await
+        .expect_err("chat forwards to the others and answers no one");
+    assert!(
+        err.to_string().contains("answered 0 of 10 messages"),
+        "unexpected error: {err:#}"
+    );
+}

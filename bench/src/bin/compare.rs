@@ -385,6 +385,38 @@ impl Runner {
         }
     }
 
+    /// For an echo scenario run against both servers: the microseconds one
+    /// `on-message` event of its size costs in-process (median of three
+    /// timings of [`TIMED_EVENTS`] events).
+    fn event_cost(&self, scenario: Scenario) -> anyhow::Result<Option<f64>> {
+        let payload = match scenario {
+            Scenario::EchoSmall => 32,
+            Scenario::EchoLarge => 16 << 10,
+            Scenario::Broadcast | Scenario::Idle => return Ok(None),
+        };
+        if self.kinds().len() != 2 {
+            return Ok(None);
+        }
+        let config = match &self.args.switchyard_config {
+            Some(file) => switchyard::Config::load(file)?,
+            None => switchyard::Config::default(),
+        };
+        let echo = self.controllers.join("echo.wasm");
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let took = self.runtime.block_on(switchyard::module::time_events(
+                config.clone(),
+                &echo,
+                TIMED_EVENTS,
+                payload,
+            ))?;
+            runs.push(took.as_secs_f64() * 1e6 / TIMED_EVENTS as f64);
+        }
+        let us = median(runs);
+        println!("in-process: one on-message event of {payload} B costs {us:.3} us");
+        Ok(Some(us))
+    }
+
     /// Runs every round of `scenario`; returns each round's outcomes in
     /// the order of [`Runner::kinds`].
     fn run(&self, scenario: Scenario) -> anyhow::Result<Vec<Vec<Outcome>>> {
@@ -442,6 +474,34 @@ fn summary(title: &str, scenario: Scenario, rounds: &[Vec<Outcome>], kinds: &[Se
             metric.name, first, switchyard, ratio
         );
     }
+}
+
+/// Events timed in-process per echo scenario, in each of three runs.
+const TIMED_EVENTS: usize = 100_000;
+
+/// The best echo ratio a server that pays `event_us` per message on top of
+/// native's work can reach here. Both cores are busy in an echo run
+/// (server and load generator share them), so messages/s is about
+/// 2 cores / (server + client CPU per message); with native's server and
+/// client CPU and the event's cost added, the ratio is at most
+/// (server + client) / (server + client + event).
+fn ceiling(title: &str, rounds: &[Vec<Outcome>], event_us: f64) {
+    let per_message =
+        |cpu: Duration, r: &EchoResult| cpu.as_secs_f64() * 1e6 / r.messages.max(1) as f64;
+    let server = median(
+        rounds
+            .iter()
+            .map(|r| per_message(echo_of(&r[0]).cpu.server, echo_of(&r[0])))
+            .collect(),
+    );
+    let client = median(
+        rounds
+            .iter()
+            .map(|r| per_message(echo_of(&r[0]).cpu.client, echo_of(&r[0])))
+            .collect(),
+    );
+    let ceiling = (server + client) / (server + client + event_us);
+    println!("{title:<36} {event_us:>9.3} {server:>11.3} {client:>11.3} {ceiling:>8.3}");
 }
 
 fn met(ok: bool) -> &'static str {
@@ -505,7 +565,9 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     };
     let mut results = Vec::new();
     for scenario in scenarios {
-        results.push((scenario, runner.run(scenario)?));
+        let rounds = runner.run(scenario)?;
+        let event_us = runner.event_cost(scenario)?;
+        results.push((scenario, rounds, event_us));
     }
 
     let kinds = runner.kinds();
@@ -516,8 +578,25 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
             "scenario", "metric", "native", "switchyard", "ratio"
         );
     }
-    for (scenario, rounds) in &results {
+    for (scenario, rounds, _) in &results {
         summary(&runner.title(*scenario), *scenario, rounds, &kinds);
+    }
+    let ceilings: Vec<_> = results
+        .iter()
+        .filter_map(|(scenario, rounds, event_us)| Some((*scenario, rounds, (*event_us)?)))
+        .collect();
+    if !ceilings.is_empty() && kinds.first() == Some(&ServerKind::Native) {
+        println!(
+            "\n== the WebAssembly layer's floor: one on-message event in-process (echo.wasm, no socket), \
+             and the best echo ratio it leaves on this machine"
+        );
+        println!(
+            "{:<36} {:>9} {:>11} {:>11} {:>8}",
+            "scenario", "event us", "native srv", "native cli", "ceiling"
+        );
+        for (scenario, rounds, event_us) in ceilings {
+            ceiling(&runner.title(scenario), rounds, event_us);
+        }
     }
     Ok(())
 }
