@@ -400,7 +400,55 @@ pub mod state {
 /// Used by the code that `#[socket_route]` generates. Not a public API.
 #[doc(hidden)]
 pub mod __private {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    use super::{Connection, ConnectionId, wit_host};
+
     pub use crate::bindings::__export as export;
     pub use crate::bindings::Guest;
     pub use wit_bindgen;
+
+    std::thread_local! {
+        // The record of every connection this instance has seen, from its
+        // `on-open` (or from the host, for connections inherited from an
+        // instance that trapped or was reloaded) until its `on-close`. Later
+        // events carry only the id, so a message costs no copy of the record.
+        static CONNECTIONS: RefCell<BTreeMap<ConnectionId, Connection>> =
+            const { RefCell::new(BTreeMap::new()) };
+    }
+
+    /// Keeps the record `on-open` received.
+    pub fn keep_connection(conn: Connection) {
+        CONNECTIONS.with(|all| all.borrow_mut().insert(conn.id, conn));
+    }
+
+    /// Runs `f` with the record of connection `id`, asking the host for it
+    /// if this instance has not seen its `on-open`.
+    pub fn with_connection<R>(id: ConnectionId, f: impl FnOnce(&Connection) -> R) -> R {
+        CONNECTIONS.with(|all| {
+            // Held across `f`: the host never re-enters an export, and
+            // nothing else borrows the map.
+            let mut all = all.borrow_mut();
+            let conn = all.entry(id).or_insert_with(|| {
+                // The host sends events only for connections it has a record
+                // of; a bare record keeps the controller going regardless.
+                wit_host::connection_info(id).unwrap_or_else(|| Connection {
+                    id,
+                    route: String::new(),
+                    path: String::new(),
+                    params: Vec::new(),
+                    query: Vec::new(),
+                    user: None,
+                    roles: Vec::new(),
+                })
+            });
+            f(conn)
+        })
+    }
+
+    /// Drops the record after `on-close`.
+    pub fn forget_connection(id: ConnectionId) {
+        CONNECTIONS.with(|all| all.borrow_mut().remove(&id));
+    }
 }

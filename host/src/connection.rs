@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -617,14 +617,34 @@ fn poll_io(
     Poll::Pending
 }
 
+/// Sets the close deadline `timeout` from now.
+fn arm(deadline: &mut Option<Pin<Box<Sleep>>>, timeout: Duration) {
+    let at = Instant::now() + timeout;
+    match deadline {
+        Some(sleep) => sleep.as_mut().reset(at),
+        None => *deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+}
+
 /// Submits one of the connection's events from the connection's task.
 /// While the task runs the event itself, what the event queues for this
 /// connection does not wake the task: the loop writes it right after. (Only
-/// a runtime teardown cancels this midway, and the task is gone then.)
-async fn submit(controller: &Arc<ControllerHandle>, event: Event, handle: &Arc<ConnHandle>) {
+/// a runtime teardown cancels this midway, and the task is gone then.) A
+/// plain function: the event moves on before the first await, so the
+/// connection's future does not keep room for it.
+fn submit<'a>(
+    controller: &'a Arc<ControllerHandle>,
+    event: Event,
+    handle: &'a Arc<ConnHandle>,
+) -> impl Future<Output = ()> + Send + 'a {
     handle.in_turn.store(true, Ordering::Release);
-    controller.submit(event, handle).await;
-    handle.in_turn.store(false, Ordering::Release);
+    let turn = controller.submit(event, handle);
+    async move {
+        if let Some(turn) = turn {
+            turn.await;
+        }
+        handle.in_turn.store(false, Ordering::Release);
+    }
 }
 
 /// Serves one upgraded connection until it ends, then runs its `on-close`;
@@ -666,23 +686,15 @@ pub fn run(
         let mut first_close: Option<(u16, String)> = None;
         let mut reading = true;
         let mut writer = Writer::new();
-        // Armed once the connection starts closing; created once, not per
-        // frame, so reading a message registers no timer.
-        let mut closing = false;
-        let close_timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(close_timer);
+        // The peer's deadline to finish closing, set once closing starts.
+        // Boxed and made only then: an open connection carries no timer.
+        let mut close_deadline: Option<Pin<Box<Sleep>>> = None;
         let mut keepalive = Keepalive::new(limits);
-        let expiry = async move {
-            match expires_at {
-                Some(at) => {
-                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-                    tokio::time::sleep(left).await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(expiry);
-        let mut expired = false;
+        // The token's expiry, when it has one to enforce.
+        let mut expiry: Option<Pin<Box<Sleep>>> = expires_at.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            Box::pin(tokio::time::sleep(left))
+        });
         // Polled once to join the token's waiter list, which wakes this task
         // when the shutdown starts; after that only when the flag says so.
         let shutdown_started = shutdown.token.cancelled();
@@ -693,7 +705,9 @@ pub fn run(
             // the timers first (cheap while pending, and a peer that keeps
             // sending cannot hold off the close deadline), then the socket.
             let step = std::future::poll_fn(|cx| {
-                if closing && close_timer.as_mut().poll(cx).is_ready() {
+                if let Some(deadline) = &mut close_deadline
+                    && deadline.as_mut().poll(cx).is_ready()
+                {
                     return Poll::Ready(Step::CloseDeadline);
                 }
                 let open = !handle.is_closing();
@@ -703,7 +717,10 @@ pub fn run(
                         return Poll::Ready(Step::Shutdown);
                     }
                 }
-                if open && !expired && expiry.as_mut().poll(cx).is_ready() {
+                if open
+                    && let Some(at) = &mut expiry
+                    && at.as_mut().poll(cx).is_ready()
+                {
                     return Poll::Ready(Step::Expired);
                 }
                 if open
@@ -712,6 +729,7 @@ pub fn run(
                 {
                     return Poll::Ready(Step::Due(due));
                 }
+                let closing = close_deadline.is_some();
                 poll_io(&mut ws, &handle, &mut writer, reading, closing, cx).map(Step::Io)
             })
             .await;
@@ -739,8 +757,7 @@ pub fn run(
                                 });
                                 writer.end();
                                 handle.finish();
-                                close_timer.as_mut().reset(Instant::now() + close_timeout);
-                                closing = true;
+                                arm(&mut close_deadline, close_timeout);
                             }
                             // Pings are answered by tungstenite; pongs only prove life.
                             Some(Ok(_)) => {}
@@ -778,8 +795,7 @@ pub fn run(
                             if !reading {
                                 break;
                             }
-                            close_timer.as_mut().reset(Instant::now() + close_timeout);
-                            closing = true;
+                            arm(&mut close_deadline, close_timeout);
                         }
                         WriterExit::Killed(frame) => {
                             first_close.get_or_insert_with(|| {
@@ -792,8 +808,7 @@ pub fn run(
                     // However closing started, the peer gets the close timeout
                     // to finish it, even if it stopped reading and writing.
                     Io::ClosingStarted => {
-                        close_timer.as_mut().reset(Instant::now() + close_timeout);
-                        closing = true;
+                        arm(&mut close_deadline, close_timeout);
                     }
                 },
                 Step::Due(Due::Ping) => {
@@ -810,7 +825,7 @@ pub fn run(
                     }
                 }
                 Step::Expired => {
-                    expired = true;
+                    expiry = None;
                     debug!(route = %route, conn = id, "token expired");
                     let _ = handle.close(1008, "token expired");
                 }

@@ -7,17 +7,17 @@
 //! Every function here returns at once; sending only queues a frame on a
 //! [`ConnHandle`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::Message;
 use crate::bindings::switchyard::controller::types::{HostError, LogLevel};
 use crate::bindings::switchyard::controller::{host, types};
-use crate::connection::{ConnHandle, PushError};
+use crate::bindings::{Connection, Message};
+use crate::connection::{ConnHandle, ConnectionInfo, PushError};
 use crate::route::{MAX_GROUP_NAME, RouteShared};
 use crate::state::{KvStore, SharedKv};
 
@@ -30,6 +30,9 @@ pub type ConnTable = BTreeMap<u64, Arc<ConnHandle>>;
 pub struct HostOwned {
     /// The instance's open connections.
     pub conns: ConnTable,
+    /// What each connection that got `on-open` here is, until its
+    /// `on-close` has returned (a closing connection has left `conns`).
+    pub infos: HashMap<u64, Arc<ConnectionInfo>>,
     /// The `host.state-*` key-value store.
     pub kv: SharedKv,
     /// Route-wide state: every connection, groups, attachments.
@@ -41,6 +44,7 @@ impl HostOwned {
     pub fn new(kv: SharedKv, route: Arc<RouteShared>) -> HostOwned {
         HostOwned {
             conns: ConnTable::new(),
+            infos: HashMap::new(),
             kv,
             route,
         }
@@ -50,6 +54,7 @@ impl HostOwned {
     pub fn take(&mut self) -> HostOwned {
         HostOwned {
             conns: std::mem::take(&mut self.conns),
+            infos: std::mem::take(&mut self.infos),
             kv: self.kv.clone(),
             route: self.route.clone(),
         }
@@ -142,6 +147,13 @@ impl HostState {
 }
 
 impl host::Host for HostState {
+    fn connection_info(&mut self, conn: u64) -> Option<Connection> {
+        self.owned
+            .infos
+            .get(&conn)
+            .map(|info| Connection::from(&**info))
+    }
+
     fn send(&mut self, to: u64, msg: Message) -> Result<(), HostError> {
         if msg.len() > self.max_message_bytes {
             return Err(HostError::TooLarge);

@@ -14,7 +14,9 @@
 //! connection whose event failed is closed with 1011, and every other
 //! connection stays open.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -145,7 +147,6 @@ impl ControllerHandle {
             module: module.clone(),
             live: None,
             owned: Some(owned),
-            records: HashMap::new(),
             consecutive_failures: 0,
             retired: false,
             _slot: slot,
@@ -175,31 +176,38 @@ impl ControllerHandle {
         self.waiting.lock().expect("controller queue lock")
     }
 
-    /// Runs `event` of connection `conn`: at once, in this task, when no
-    /// one else runs events on the instance; otherwise it is queued, and
-    /// `conn`'s [`ConnHandle::events_waiting`] counts it until it has run.
-    /// Never waits for another connection's event.
-    pub async fn submit(self: &Arc<Self>, event: Event, conn: &Arc<ConnHandle>) {
+    /// Hands `event` of connection `conn` to the instance. When no one else
+    /// runs events on it, the event runs in the caller's task: the returned
+    /// turn runs it when awaited (boxed, being large, so that the task of an
+    /// idle connection does not carry its size). Otherwise the event is
+    /// queued, and `conn`'s [`ConnHandle::events_waiting`] counts it until
+    /// it has run. Never waits for another connection's event.
+    pub fn submit(
+        self: &Arc<Self>,
+        event: Event,
+        conn: &Arc<ConnHandle>,
+    ) -> Option<Pin<Box<impl Future<Output = ()> + Send + '_>>> {
         {
             let mut waiting = self.waiting();
             if waiting.busy {
                 waiting.events.push_back((event, Ticket::new(conn)));
-                return;
+                return None;
             }
             waiting.busy = true;
         }
-        // Whatever happens to this task from here, the instance is handed
-        // on when the turn ends.
-        let _turn = Turn {
+        // Whatever happens to the turn from here (run, dropped, cancelled,
+        // a panic), the instance is handed on when it ends.
+        let turn = Turn {
             handle: self,
             armed: true,
         };
-        // Only a swap, a retirement, the start of the instance or a
-        // drainer that is just returning can hold the lock now.
-        let mut actor = self.actor.lock().await;
-        // Boxed: a guest call's future is large, and every connection's
-        // task would otherwise carry its size.
-        Box::pin(actor.handle(event)).await;
+        Some(Box::pin(async move {
+            let _turn = turn;
+            // Only a swap, a retirement, the start of the instance or a
+            // drainer that is just returning can hold the lock now.
+            let mut actor = self.actor.lock().await;
+            actor.handle(event).await;
+        }))
     }
 
     /// Ends a turn of running events here: the instance is free again if
@@ -283,8 +291,6 @@ struct Actor {
     live: Option<Live>,
     /// The host-owned state until the first store takes it.
     owned: Option<HostOwned>,
-    /// The WIT record of each open connection, built once at open.
-    records: HashMap<u64, Connection>,
     /// Traps since the last event that succeeded, for backoff.
     consecutive_failures: u32,
     /// Set once the module is removed; events are ignored from then on.
@@ -365,44 +371,45 @@ impl Actor {
         }
         let runtime = self.runtime.clone();
         self.live().await;
-        let Actor { live, records, .. } = self;
-        let Live { store, controller } = live.as_mut().expect("instance created above");
+        let Live { store, controller } = self.live.as_mut().expect("instance created above");
         let (id, result) = match event {
             Event::Open { info, handle } => {
                 let id = info.id;
+                let record = Connection::from(&*info);
                 let owned = &mut store.data_mut().owned;
                 owned.route.register(id, handle.clone());
                 owned.conns.insert(id, handle);
-                let record = records
-                    .entry(id)
-                    .or_insert_with(|| Connection::from(&*info));
+                owned.infos.insert(id, info);
                 runtime.arm_budget(store);
-                let result = controller.call_on_open(&mut *store, record).await;
+                let result = controller.call_on_open(&mut *store, &record).await;
                 (id, result.map(|reply| self.reply(id, reply)))
             }
             Event::Message { id, msg } => {
-                let (Some(record), Some(msg)) = (records.get(&id), Message::from_frame(&msg))
-                else {
+                let Some(msg) = Message::from_frame(&msg) else {
                     return;
                 };
+                if !store.data().owned.infos.contains_key(&id) {
+                    return;
+                }
                 runtime.arm_budget(store);
-                let result = controller.call_on_message(&mut *store, record, &msg).await;
+                let result = controller.call_on_message(&mut *store, id, &msg).await;
                 (id, result.map(|reply| self.reply(id, reply)))
             }
             Event::Error { id, code, message } => {
-                let Some(record) = records.get(&id) else {
-                    // No controller record: still close with the code.
-                    if let Some(handle) = store.data().owned.conns.get(&id) {
+                let owned = &store.data().owned;
+                if !owned.infos.contains_key(&id) {
+                    // No on-open here: still close with the code.
+                    if let Some(handle) = owned.conns.get(&id) {
                         let _ = handle.close(code, &message);
                     }
                     return;
-                };
+                }
                 let err = ErrorInfo {
                     code,
                     message: message.clone(),
                 };
                 runtime.arm_budget(store);
-                let result = controller.call_on_error(&mut *store, record, &err).await;
+                let result = controller.call_on_error(&mut *store, id, &err).await;
                 let result = result.map(|reply| self.reply(id, reply));
                 if let Some(handle) = self.store().data().owned.conns.get(&id) {
                     let _ = handle.close(code, &message);
@@ -410,16 +417,21 @@ impl Actor {
                 (id, result)
             }
             Event::Close { id, code, reason } => {
-                store.data_mut().owned.conns.remove(&id);
-                let Some(record) = records.remove(&id) else {
-                    store.data().owned.route.forget(id);
+                let owned = &mut store.data_mut().owned;
+                owned.conns.remove(&id);
+                if !owned.infos.contains_key(&id) {
+                    owned.route.forget(id);
                     return;
-                };
+                }
                 let info = CloseInfo { code, reason };
                 runtime.arm_budget(store);
-                let result = controller.call_on_close(&mut *store, &record, &info).await;
-                // After on-close, which may still read the attachment.
-                store.data().owned.route.forget(id);
+                let result = controller.call_on_close(&mut *store, id, &info).await;
+                // After on-close, which may still read the record and the
+                // attachment; a failed on-close replaces the instance below,
+                // and the connection is gone for the new one as well.
+                let owned = &mut store.data_mut().owned;
+                owned.infos.remove(&id);
+                owned.route.forget(id);
                 (id, result)
             }
         };
@@ -519,20 +531,22 @@ impl Actor {
             let Some(handle) = self.store().data_mut().owned.conns.remove(&id) else {
                 continue;
             };
-            if let Some(record) = self.records.remove(&id) {
+            if self.store().data().owned.infos.contains_key(&id) {
                 let info = CloseInfo {
                     code: 1001,
                     reason: "controller removed".to_owned(),
                 };
                 let Live { store, controller } = self.live.as_mut().expect("instance is live");
                 self.runtime.arm_budget(store);
-                let result = controller.call_on_close(&mut *store, &record, &info).await;
+                let result = controller.call_on_close(&mut *store, id, &info).await;
                 if let Err(err) = result {
                     // Keep going: every other connection still gets its on-close.
                     self.recover(id, err).await;
                 }
             }
-            self.store().data().owned.route.forget(id);
+            let owned = &mut self.store().data_mut().owned;
+            owned.infos.remove(&id);
+            owned.route.forget(id);
             let _ = handle.close(1001, "controller removed");
         }
         info!(route = %self.module.name, "controller retired");

@@ -42,7 +42,7 @@ pub enum LoadError {
     },
     /// The component does not fit the controller world.
     #[error(
-        "{file}: does not implement the world switchyard:controller/controller@0.2.0 \
+        "{file}: does not implement the world switchyard:controller/controller@0.3.0 \
          ({reason}); build it against wit/switchyard.wit, e.g. with switchyard-sdk"
     )]
     WrongWorld {
@@ -303,22 +303,22 @@ pub async fn time_events(
         peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
     });
     let conn = Arc::new(ConnHandle::new(id, &config.limits));
-    instance
-        .submit(
-            Event::Open {
-                info,
-                handle: conn.clone(),
-            },
-            &conn,
-        )
-        .await;
+    let open = Event::Open {
+        info,
+        handle: conn.clone(),
+    };
+    if let Some(turn) = instance.submit(open, &conn) {
+        turn.await;
+    }
     conn.discard_queued();
     let payload = Bytes::from(vec![b'x'; payload]);
     let mut replies = 0;
     let start = std::time::Instant::now();
     for _ in 0..count {
         let msg = WsMessage::Binary(payload.clone());
-        instance.submit(Event::Message { id, msg }, &conn).await;
+        if let Some(turn) = instance.submit(Event::Message { id, msg }, &conn) {
+            turn.await;
+        }
         replies += conn.discard_queued();
     }
     let took = start.elapsed();

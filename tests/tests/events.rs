@@ -289,6 +289,30 @@ async fn a_trapping_controller_closes_only_the_failing_connection() {
     server.stop().await;
 }
 
+/// Events after `on-open` carry only the connection's id. The instance that
+/// replaces a trapped one never saw the bystander's `on-open`, so the SDK
+/// asks the host (`connection-info`) for its record: the bystander keeps
+/// its path, captures and query in the new instance.
+#[tokio::test]
+async fn an_inherited_connection_keeps_its_record_in_the_replacing_instance() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut bystander = server.connect("/probe/a/b?x=1&flag").await;
+    let before = whoami(&mut bystander).await;
+    let mut failing = server.connect("/probe/").await;
+    send_text(&mut failing, "panic").await;
+    assert_eq!(expect_close(&mut failing).await.code, CloseCode::Error);
+
+    let after = whoami(&mut bystander).await;
+    assert_eq!(after, before);
+    assert_eq!(after["path"], "/probe/a/b");
+    assert_eq!(after["params"], json!([["rest", "a/b"]]));
+    assert_eq!(after["query"], json!([["x", "1"], ["flag", ""]]));
+    // The record did not come from an on-open in this instance.
+    let seen = events(&mut bystander).await;
+    assert!(!seen.iter().any(|e| e.starts_with("open")), "{seen:?}");
+    server.stop().await;
+}
+
 /// A trap while other clients' events wait in the instance's queue: the
 /// queue survives the replacement instance, every other client gets each
 /// of its replies once and in order, and only the failing one gets 1011.

@@ -217,6 +217,13 @@ fn expand(
                 })
             }
 
+            fn with_connection<R>(
+                id: u64,
+                f: impl ::core::ops::FnOnce(&mut #ty, &Connection) -> R,
+            ) -> R {
+                ::switchyard_sdk::__private::with_connection(id, |conn| with_instance(|c| f(c, conn)))
+            }
+
             struct SwitchyardExport;
 
             impl ::switchyard_sdk::__private::Guest for SwitchyardExport {
@@ -230,19 +237,22 @@ fn expand(
                 }
 
                 fn on_open(conn: Connection) -> ::core::option::Option<Message> {
-                    with_instance(|c| <#ty as Controller>::on_open(c, &conn))
+                    let reply = with_instance(|c| <#ty as Controller>::on_open(c, &conn));
+                    ::switchyard_sdk::__private::keep_connection(conn);
+                    reply
                 }
 
-                fn on_message(conn: Connection, msg: Message) -> ::core::option::Option<Message> {
-                    with_instance(|c| <#ty as Controller>::on_message(c, &conn, msg))
+                fn on_message(conn: u64, msg: Message) -> ::core::option::Option<Message> {
+                    with_connection(conn, |c, conn| <#ty as Controller>::on_message(c, conn, msg))
                 }
 
-                fn on_close(conn: Connection, info: CloseInfo) {
-                    with_instance(|c| <#ty as Controller>::on_close(c, &conn, info))
+                fn on_close(conn: u64, info: CloseInfo) {
+                    with_connection(conn, |c, conn| <#ty as Controller>::on_close(c, conn, info));
+                    ::switchyard_sdk::__private::forget_connection(conn);
                 }
 
-                fn on_error(conn: Connection, err: ErrorInfo) -> ::core::option::Option<Message> {
-                    with_instance(|c| <#ty as Controller>::on_error(c, &conn, err))
+                fn on_error(conn: u64, err: ErrorInfo) -> ::core::option::Option<Message> {
+                    with_connection(conn, |c, conn| <#ty as Controller>::on_error(c, conn, err))
                 }
             }
 

@@ -18,13 +18,13 @@ impl Guest for BadDescribe {
         None
     }
 
-    fn on_message(_conn: Connection, msg: Message) -> Option<Message> {
+    fn on_message(_conn: ConnectionId, msg: Message) -> Option<Message> {
         Some(msg)
     }
 
-    fn on_close(_conn: Connection, _info: CloseInfo) {}
+    fn on_close(_conn: ConnectionId, _info: CloseInfo) {}
 
-    fn on_error(_conn: Connection, _err: ErrorInfo) -> Option<Message> {
+    fn on_error(_conn: ConnectionId, _err: ErrorInfo) -> Option<Message> {
         None
     }
 }
