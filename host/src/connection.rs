@@ -587,12 +587,14 @@ fn classify(err: &WsError) -> Option<(u16, String)> {
 }
 
 /// Polls the socket and the queue once: writes what is queued, and reads
-/// the next frame when `reading` allows.
+/// the next frame when `reading` allows. `buffered` says whether the last
+/// read returned a frame (see below).
 fn poll_io(
     ws: &mut Ws,
     handle: &ConnHandle,
     writer: &mut Writer,
     reading: bool,
+    buffered: &mut bool,
     closing_seen: bool,
     cx: &mut Context<'_>,
 ) -> Poll<Io> {
@@ -608,11 +610,29 @@ fn poll_io(
     }
     // Reading pauses while the controller has enough of this connection's
     // events to run; `event_done` wakes the task.
-    if reading
-        && handle.events_waiting() < MAX_EVENTS_WAITING
-        && let Poll::Ready(frame) = Pin::new(ws).poll_next(cx)
-    {
-        return Poll::Ready(Io::Read(frame));
+    if !reading || handle.events_waiting() >= MAX_EVENTS_WAITING {
+        return Poll::Pending;
+    }
+    // Most wake-ups of a busy route's connections are for writing, and a
+    // read attempt costs tungstenite a buffer fill: read when the socket
+    // has data, or when the last read returned a frame (tungstenite may
+    // hold more from the same read, and tokio forgets the socket's
+    // readiness after a short read). A read that finds nothing leaves no
+    // frame behind, so from then on new data is needed, which the socket
+    // reports.
+    if *buffered || ws.get_ref().poll_read_ready(cx).is_ready() {
+        match Pin::new(&mut *ws).poll_next(cx) {
+            Poll::Ready(frame) => {
+                *buffered = true;
+                return Poll::Ready(Io::Read(frame));
+            }
+            Poll::Pending => *buffered = false,
+        }
+    } else {
+        // A read also sends the pong or close answer tungstenite could not
+        // write while reading (the socket was full); without one, a flush
+        // does (also once our own writing has ended: the close answer).
+        let _ = Pin::new(&mut *ws).poll_flush(cx);
     }
     Poll::Pending
 }
@@ -685,6 +705,9 @@ pub fn run(
         // The close that on-close reports: whichever side closed first.
         let mut first_close: Option<(u16, String)> = None;
         let mut reading = true;
+        // The last read returned a frame; see `poll_io`. True at first: the
+        // upgrade may have left frames in tungstenite's buffer.
+        let mut buffered = true;
         let mut writer = Writer::new();
         // The peer's deadline to finish closing, set once closing starts.
         // Boxed and made only then: an open connection carries no timer.
@@ -730,7 +753,16 @@ pub fn run(
                     return Poll::Ready(Step::Due(due));
                 }
                 let closing = close_deadline.is_some();
-                poll_io(&mut ws, &handle, &mut writer, reading, closing, cx).map(Step::Io)
+                poll_io(
+                    &mut ws,
+                    &handle,
+                    &mut writer,
+                    reading,
+                    &mut buffered,
+                    closing,
+                    cx,
+                )
+                .map(Step::Io)
             })
             .await;
             match step {

@@ -354,3 +354,46 @@ async fn shutdown_closes_every_connection_with_1001() {
     assert_eq!(expect_close(&mut echo).await.code, CloseCode::Away);
     stopping.await.unwrap();
 }
+
+/// A client may send frames in the same write as its upgrade request: they
+/// reach the host with the request, before the socket has anything more to
+/// report, and must be served all the same (and in order).
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(&["echo"]).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut bytes = b"GET /echo HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    for text in ["first", "second"] {
+        // A masked text frame, as a client must send it.
+        let mask = [0x1f, 0x2e, 0x3d, 0x4c];
+        bytes.extend([0x81, 0x80 | text.len() as u8]);
+        bytes.extend(mask);
+        bytes.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    }
+    stream.write_all(&bytes).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(
+            tokio::time::timeout(WAIT, stream.read_u8())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    for text in ["first", "second"] {
+        let (opcode, payload) = tokio::time::timeout(WAIT, read_raw_frame(&mut stream))
+            .await
+            .expect("no echo of a frame sent with the request");
+        assert_eq!((opcode, &payload[..]), (0x1, text.as_bytes()));
+    }
+    server.stop().await;
+}
