@@ -98,6 +98,12 @@ pub use bindings::switchyard::controller::types::{
 
 /// The event handlers of a controller. Every method has a default that does
 /// nothing, so implement only the events you care about.
+///
+/// Every handler gets the connection's record. The host sends it once, with
+/// `on_open`; the SDK keeps it in the instance's memory (a couple of hundred
+/// bytes per connection, counted against `sandbox.max_memory_bytes`) until
+/// after `on_close`, and asks the host for it when the instance took over a
+/// connection from another (after a trap or a hot reload).
 pub trait Controller: Default + 'static {
     /// A client connected. A returned message is sent to it first.
     fn on_open(&mut self, conn: &Connection) -> Option<Message> {
