@@ -84,7 +84,7 @@ pub enum PushError {
     SlowConsumer,
 }
 
-enum Outgoing {
+pub(crate) enum Outgoing {
     Frame(WsMessage),
     Close(CloseFrame),
 }
@@ -207,7 +207,7 @@ impl ConnHandle {
     }
 
     /// The next frame to write, if any.
-    fn dequeue(&self) -> Option<Outgoing> {
+    pub(crate) fn dequeue(&self) -> Option<Outgoing> {
         let mut queue = self.queue();
         let out = queue.frames.pop_front()?;
         if let Outgoing::Frame(frame) = &out {
@@ -217,16 +217,6 @@ impl ConnHandle {
             queue.frames = VecDeque::new();
         }
         Some(out)
-    }
-
-    /// Drops what is queued (its writing is what is not timed) and returns
-    /// how many frames that was. For [`crate::module::time_events`].
-    pub(crate) fn discard_queued(&self) -> usize {
-        let mut queue = self.queue();
-        let count = queue.frames.len();
-        queue.frames.clear();
-        queue.bytes = 0;
-        count
     }
 
     /// Drops what is queued, for a close that goes first.
@@ -344,6 +334,11 @@ impl Shutdown {
     fn has_started(&self) -> bool {
         self.started.load(Ordering::Acquire)
     }
+}
+
+/// The code and reason of a close frame, as `on-close` reports them.
+fn code_and_reason(frame: &CloseFrame) -> (u16, String) {
+    (u16::from(frame.code), frame.reason.to_string())
 }
 
 /// How the write side ended.
@@ -782,9 +777,7 @@ pub fn run(
                                 // the write side ends here (a frame still
                                 // queued would fail and lose the answer).
                                 first_close.get_or_insert_with(|| match frame {
-                                    Some(frame) => {
-                                        (u16::from(frame.code), frame.reason.to_string())
-                                    }
+                                    Some(frame) => code_and_reason(&frame),
                                     None => (CLOSE_NO_STATUS, String::new()),
                                 });
                                 writer.end();
@@ -821,18 +814,14 @@ pub fn run(
                     }
                     Io::Wrote(exit) => match exit {
                         WriterExit::Closed(frame) => {
-                            first_close.get_or_insert_with(|| {
-                                (u16::from(frame.code), frame.reason.to_string())
-                            });
+                            first_close.get_or_insert_with(|| code_and_reason(&frame));
                             if !reading {
                                 break;
                             }
                             arm(&mut close_deadline, close_timeout);
                         }
                         WriterExit::Killed(frame) => {
-                            first_close.get_or_insert_with(|| {
-                                (u16::from(frame.code), frame.reason.to_string())
-                            });
+                            first_close.get_or_insert_with(|| code_and_reason(&frame));
                             break;
                         }
                         WriterExit::Failed => break,

@@ -60,6 +60,14 @@ impl HostOwned {
         }
     }
 
+    /// Drops what is left of connection `id` once its `on-close` has run
+    /// (or would have: it never got `on-open` here): its record, and its
+    /// route-wide entries (attachment, groups).
+    pub fn forget(&mut self, id: u64) {
+        self.infos.remove(&id);
+        self.route.forget(id);
+    }
+
     fn kv(&self) -> std::sync::MutexGuard<'_, KvStore> {
         self.kv.lock().expect("key-value store lock")
     }

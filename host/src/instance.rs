@@ -385,12 +385,12 @@ impl Actor {
                 (id, result.map(|reply| self.reply(id, reply)))
             }
             Event::Message { id, msg } => {
-                let Some(msg) = Message::from_frame(&msg) else {
-                    return;
-                };
                 if !store.data().owned.infos.contains_key(&id) {
                     return;
                 }
+                let Some(msg) = Message::from_frame(&msg) else {
+                    return;
+                };
                 runtime.arm_budget(store);
                 let result = controller.call_on_message(&mut *store, id, &msg).await;
                 (id, result.map(|reply| self.reply(id, reply)))
@@ -420,7 +420,7 @@ impl Actor {
                 let owned = &mut store.data_mut().owned;
                 owned.conns.remove(&id);
                 if !owned.infos.contains_key(&id) {
-                    owned.route.forget(id);
+                    owned.forget(id);
                     return;
                 }
                 let info = CloseInfo { code, reason };
@@ -429,9 +429,7 @@ impl Actor {
                 // After on-close, which may still read the record and the
                 // attachment; a failed on-close replaces the instance below,
                 // and the connection is gone for the new one as well.
-                let owned = &mut store.data_mut().owned;
-                owned.infos.remove(&id);
-                owned.route.forget(id);
+                store.data_mut().owned.forget(id);
                 (id, result)
             }
         };
@@ -544,9 +542,7 @@ impl Actor {
                     self.recover(id, err).await;
                 }
             }
-            let owned = &mut self.store().data_mut().owned;
-            owned.infos.remove(&id);
-            owned.route.forget(id);
+            self.store().data_mut().owned.forget(id);
             let _ = handle.close(1001, "controller removed");
         }
         info!(route = %self.module.name, "controller retired");

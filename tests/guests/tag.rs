@@ -2,8 +2,9 @@
 // version and a per-route message count kept in the host key-value store,
 // so tests can see which version answered and that state survived a swap.
 //
-// Text commands: `count` answers the stored count; anything else is echoed
-// as `<version>:<count>:<text>` after counting it.
+// Text commands: `count` answers the stored count; `record` answers
+// `<version>:<path>:<query>` from this connection's record; anything else is
+// echoed as `<version>:<count>:<text>` after counting it.
 
 use switchyard_sdk::{Connection, Controller, Message, socket_route, state};
 
@@ -12,8 +13,11 @@ use switchyard_sdk::{Connection, Controller, Message, socket_route, state};
 struct Tag;
 
 impl Controller for Tag {
-    fn on_message(&mut self, _conn: &Connection, msg: Message) -> Option<Message> {
+    fn on_message(&mut self, conn: &Connection, msg: Message) -> Option<Message> {
         let text = msg.as_text()?;
+        if text == "record" {
+            return Some(Message::text(format!("{VERSION}:{}:{:?}", conn.path, conn.query)));
+        }
         let count: u64 = state::get_json("count").unwrap_or(0);
         if text == "count" {
             return Some(Message::text(count.to_string()));

@@ -268,8 +268,9 @@ async fn peer_close_code_reaches_on_close() {
 #[tokio::test]
 async fn a_trapping_controller_closes_only_the_failing_connection() {
     let server = TestServer::start(&["probe"]).await;
-    let mut bystander = server.connect("/probe/").await;
+    let mut bystander = server.connect("/probe/a/b?x=1&flag").await;
     let bystander_id = id_of(&mut bystander).await;
+    let record = whoami(&mut bystander).await;
     let mut ws = server.connect("/probe/").await;
 
     send_text(&mut ws, "panic").await;
@@ -281,35 +282,24 @@ async fn a_trapping_controller_closes_only_the_failing_connection() {
         ask(&mut bystander, "after the trap").await,
         "after the trap"
     );
+    // Events after `on-open` carry only the id, and the fresh instance never
+    // saw the bystander's open: the SDK asks the host for its record.
+    assert!(
+        !events(&mut bystander)
+            .await
+            .iter()
+            .any(|e| e.starts_with("open")),
+        "the fresh instance saw an on-open"
+    );
+    assert_eq!(whoami(&mut bystander).await, record);
+    assert_eq!(record["path"], "/probe/a/b");
+    assert_eq!(record["params"], json!([["rest", "a/b"]]));
+    assert_eq!(record["query"], json!([["x", "1"], ["flag", ""]]));
     let ids: Vec<u64> = serde_json::from_str(&ask(&mut bystander, "connections").await).unwrap();
     assert_eq!(ids, vec![bystander_id]);
     // New connections are served too.
     let mut late = server.connect("/probe/").await;
     assert_eq!(ask(&mut late, "hello").await, "hello");
-    server.stop().await;
-}
-
-/// Events after `on-open` carry only the connection's id. The instance that
-/// replaces a trapped one never saw the bystander's `on-open`, so the SDK
-/// asks the host (`connection-info`) for its record: the bystander keeps
-/// its path, captures and query in the new instance.
-#[tokio::test]
-async fn an_inherited_connection_keeps_its_record_in_the_replacing_instance() {
-    let server = TestServer::start(&["probe"]).await;
-    let mut bystander = server.connect("/probe/a/b?x=1&flag").await;
-    let before = whoami(&mut bystander).await;
-    let mut failing = server.connect("/probe/").await;
-    send_text(&mut failing, "panic").await;
-    assert_eq!(expect_close(&mut failing).await.code, CloseCode::Error);
-
-    let after = whoami(&mut bystander).await;
-    assert_eq!(after, before);
-    assert_eq!(after["path"], "/probe/a/b");
-    assert_eq!(after["params"], json!([["rest", "a/b"]]));
-    assert_eq!(after["query"], json!([["x", "1"], ["flag", ""]]));
-    // The record did not come from an on-open in this instance.
-    let seen = events(&mut bystander).await;
-    assert!(!seen.iter().any(|e| e.starts_with("open")), "{seen:?}");
     server.stop().await;
 }
 

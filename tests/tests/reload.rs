@@ -1,7 +1,7 @@
 //! Hot reload under live connections: swaps lose nothing, bad modules never
 //! go live, deletes retire routes, and host-owned state survives.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,6 +14,16 @@ async fn ask(ws: &mut Ws, text: &str) -> String {
     recv_text(ws).await
 }
 
+/// A server whose only module is version 1 of `tag.wasm`, live; and the
+/// module's path, to swap it.
+async fn serving_tag_v1() -> (TestServer, PathBuf) {
+    let mut server = TestServer::start(&[]).await;
+    let live = server.file("tag.wasm");
+    std::fs::copy(module("tag_v1"), &live).unwrap();
+    server.until_live("tag.wasm").await;
+    (server, live)
+}
+
 /// Replaces `dest` with `src` by writing a hidden temporary file and
 /// renaming it over `dest`.
 fn replace_by_rename(src: &Path, dest: &Path) {
@@ -22,12 +32,24 @@ fn replace_by_rename(src: &Path, dest: &Path) {
     std::fs::rename(&tmp, dest).unwrap();
 }
 
+/// Events after `on-open` carry only the connection's id: the new version
+/// never saw the open of a connection it took over in a swap, and learns its
+/// record from the host.
+#[tokio::test]
+async fn a_swap_hands_the_new_version_each_connections_record() {
+    let (mut server, live) = serving_tag_v1().await;
+    let mut ws = server.connect("/tag?who=ann").await;
+    assert_eq!(ask(&mut ws, "record").await, r#"v1:/tag:[("who", "ann")]"#);
+
+    replace_by_rename(&module("tag_v2"), &live);
+    server.until_live("tag.wasm").await;
+    assert_eq!(ask(&mut ws, "record").await, r#"v2:/tag:[("who", "ann")]"#);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swaps_under_traffic_lose_nothing_and_keep_order() {
-    let mut server = TestServer::start(&[]).await;
-    let live = server.file("tag.wasm");
-    std::fs::copy(module("tag_v1"), &live).unwrap();
-    server.until_live("tag.wasm").await;
+    let (mut server, live) = serving_tag_v1().await;
 
     const CLIENTS: usize = 4;
     const SWAPS: usize = 12;
@@ -103,10 +125,7 @@ async fn swaps_under_traffic_lose_nothing_and_keep_order() {
 
 #[tokio::test]
 async fn state_survives_a_swap() {
-    let mut server = TestServer::start(&[]).await;
-    let live = server.file("tag.wasm");
-    std::fs::copy(module("tag_v1"), &live).unwrap();
-    server.until_live("tag.wasm").await;
+    let (mut server, live) = serving_tag_v1().await;
     let mut ws = server.connect("/tag").await;
     for i in 1..=3 {
         assert_eq!(ask(&mut ws, "x").await, format!("v1:{i}:x"));
@@ -120,10 +139,7 @@ async fn state_survives_a_swap() {
 
 #[tokio::test]
 async fn bad_or_half_written_module_never_goes_live() {
-    let mut server = TestServer::start(&[]).await;
-    let live = server.file("tag.wasm");
-    std::fs::copy(module("tag_v1"), &live).unwrap();
-    server.until_live("tag.wasm").await;
+    let (mut server, live) = serving_tag_v1().await;
     let mut ws = server.connect("/tag").await;
     assert!(ask(&mut ws, "a").await.starts_with("v1:"));
 
