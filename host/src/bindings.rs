@@ -6,6 +6,8 @@
 
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
+use crate::writer::Frame;
+
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "controller",
@@ -16,12 +18,12 @@ wasmtime::component::bindgen!({
 // into this module; importing them again by path would clash.
 
 impl Message {
-    /// The frame to put on the wire. Takes the guest's buffer without
-    /// copying it.
-    pub fn into_frame(self) -> WsMessage {
+    /// The frame to put on the wire, encoded. Takes the guest's buffer
+    /// without copying it.
+    pub fn into_frame(self) -> Frame {
         match self {
-            Message::Text(text) => WsMessage::Text(Utf8Bytes::from(text)),
-            Message::Binary(bytes) => WsMessage::Binary(Bytes::from(bytes)),
+            Message::Text(text) => Frame::text(Utf8Bytes::from(text)),
+            Message::Binary(bytes) => Frame::binary(Bytes::from(bytes)),
         }
     }
 

@@ -27,9 +27,7 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::task::AtomicWaker;
 use futures_util::{Sink, Stream};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -38,9 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::instance::{ControllerHandle, Event};
-
-/// Frames written per flush at most.
-const WRITE_BATCH: usize = 64;
+use crate::writer::{Frame, Writer, WriterExit, Ws};
 
 /// Events of one connection that may wait for its busy controller before
 /// the connection's task stops reading (back-pressure to the client).
@@ -84,8 +80,11 @@ pub enum PushError {
     SlowConsumer,
 }
 
+/// What waits in a connection's queue.
 pub(crate) enum Outgoing {
-    Frame(WsMessage),
+    /// A data or ping frame, encoded.
+    Frame(Frame),
+    /// Our close frame: the last thing written.
     Close(CloseFrame),
 }
 
@@ -220,7 +219,7 @@ impl ConnHandle {
     }
 
     /// Drops what is queued, for a close that goes first.
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         let mut queue = self.queue();
         queue.frames = VecDeque::new();
         queue.bytes = 0;
@@ -236,7 +235,7 @@ impl ConnHandle {
 
     /// Queues a data frame. The payload is shared, not copied, so one
     /// broadcast frame is encoded once for all recipients.
-    pub fn push(&self, frame: WsMessage) -> Result<(), PushError> {
+    pub fn push(&self, frame: Frame) -> Result<(), PushError> {
         if self.is_closing() {
             return Err(PushError::Closed);
         }
@@ -289,7 +288,7 @@ impl ConnHandle {
         self.waker.wake();
     }
 
-    fn take_kill(&self) -> Option<CloseFrame> {
+    pub(crate) fn take_kill(&self) -> Option<CloseFrame> {
         if !self.killed.load(Ordering::Acquire) {
             return None;
         }
@@ -339,144 +338,6 @@ impl Shutdown {
 /// The code and reason of a close frame, as `on-close` reports them.
 fn code_and_reason(frame: &CloseFrame) -> (u16, String) {
     (u16::from(frame.code), frame.reason.to_string())
-}
-
-/// How the write side ended.
-#[derive(Debug)]
-enum WriterExit {
-    /// We sent this close frame after the queued frames; now wait for the
-    /// peer's answer.
-    Closed(CloseFrame),
-    /// Killed: queued frames dropped, this close frame sent.
-    Killed(CloseFrame),
-    /// The socket failed.
-    Failed,
-}
-
-/// Where the write side is.
-enum WriteState {
-    /// Writing queued frames as they come.
-    Open,
-    /// Killed: what was queued is dropped, this close frame goes out next,
-    /// then the write side ends.
-    Kill(CloseFrame),
-    /// The close frame is fed; flush it, then end with this.
-    FlushClose(Option<WriterExit>),
-    /// Ended.
-    Done,
-}
-
-/// The write side of a connection, driven from the connection's task by
-/// polling. A frame is taken from the queue only once the socket is ready
-/// for it, so a frame is never held half-written outside the socket.
-struct Writer {
-    state: WriteState,
-    /// Frames fed since the last flush.
-    unflushed: bool,
-}
-
-/// A server-side WebSocket over TCP.
-pub type Ws = WebSocketStream<TcpStream>;
-
-impl Writer {
-    fn new() -> Writer {
-        Writer {
-            state: WriteState::Open,
-            unflushed: false,
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        matches!(self.state, WriteState::Done)
-    }
-
-    /// Writes nothing more: the peer's close was read, and tungstenite
-    /// sends its answer while reading.
-    fn end(&mut self) {
-        self.state = WriteState::Done;
-    }
-
-    /// Writes what is queued, up to [`WRITE_BATCH`] frames per flush.
-    /// Ready when the write side has ended.
-    fn poll(&mut self, ws: &mut Ws, handle: &ConnHandle, cx: &mut Context<'_>) -> Poll<WriterExit> {
-        let result = self.poll_inner(ws, handle, cx);
-        if let Poll::Ready(Err(err)) = &result {
-            debug!(conn = handle.id, error = %err, "write failed");
-        }
-        match result {
-            Poll::Ready(result) => {
-                self.state = WriteState::Done;
-                Poll::Ready(result.unwrap_or(WriterExit::Failed))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn poll_inner(
-        &mut self,
-        ws: &mut Ws,
-        handle: &ConnHandle,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<WriterExit, WsError>> {
-        let mut ws = Pin::new(ws);
-        loop {
-            match &mut self.state {
-                WriteState::Open => {
-                    if let Some(frame) = handle.take_kill() {
-                        handle.clear();
-                        self.state = WriteState::Kill(frame);
-                        continue;
-                    }
-                    let mut fed = 0;
-                    while fed < WRITE_BATCH {
-                        // Ready at once unless an earlier write is blocked;
-                        // a frame leaves the queue only once it can be fed.
-                        std::task::ready!(ws.as_mut().poll_ready(cx))?;
-                        match handle.dequeue() {
-                            Some(Outgoing::Frame(frame)) => {
-                                ws.as_mut().start_send(frame)?;
-                                self.unflushed = true;
-                                fed += 1;
-                            }
-                            Some(Outgoing::Close(frame)) => {
-                                ws.as_mut()
-                                    .start_send(WsMessage::Close(Some(frame.clone())))?;
-                                self.state =
-                                    WriteState::FlushClose(Some(WriterExit::Closed(frame)));
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
-                    if !matches!(self.state, WriteState::Open) {
-                        continue;
-                    }
-                    if self.unflushed {
-                        std::task::ready!(ws.as_mut().poll_flush(cx))?;
-                        self.unflushed = false;
-                    }
-                    if fed == WRITE_BATCH {
-                        // More may wait: let the reader have a go first.
-                        cx.waker().wake_by_ref();
-                    }
-                    return Poll::Pending;
-                }
-                WriteState::Kill(frame) => {
-                    std::task::ready!(ws.as_mut().poll_ready(cx))?;
-                    let frame = frame.clone();
-                    ws.as_mut()
-                        .start_send(WsMessage::Close(Some(frame.clone())))?;
-                    self.state = WriteState::FlushClose(Some(WriterExit::Killed(frame)));
-                }
-                WriteState::FlushClose(exit) => {
-                    std::task::ready!(ws.as_mut().poll_flush(cx))?;
-                    let exit = exit.take().expect("close flushed once");
-                    return Poll::Ready(Ok(exit));
-                }
-                WriteState::Done => return Poll::Pending,
-            }
-        }
-    }
 }
 
 /// What woke the connection's task.
@@ -615,7 +476,7 @@ fn poll_io(
     // readiness after a short read). A read that finds nothing leaves no
     // frame behind, so from then on new data is needed, which the socket
     // reports.
-    if *buffered || ws.get_ref().poll_read_ready(cx).is_ready() {
+    if *buffered || ws.get_ref().tcp().poll_read_ready(cx).is_ready() {
         match Pin::new(&mut *ws).poll_next(cx) {
             Poll::Ready(frame) => {
                 *buffered = true;
@@ -774,8 +635,10 @@ pub fn run(
                                 // tungstenite has queued its answer and sends
                                 // it as reading goes on; the stream ends next.
                                 // Nothing may be sent after that answer, so
-                                // the write side ends here (a frame still
-                                // queued would fail and lose the answer).
+                                // the write side ends here: a frame half
+                                // written is finished, the queued ones are
+                                // dropped (they would fail and lose the
+                                // answer).
                                 first_close.get_or_insert_with(|| match frame {
                                     Some(frame) => code_and_reason(&frame),
                                     None => (CLOSE_NO_STATUS, String::new()),
@@ -784,7 +647,9 @@ pub fn run(
                                 handle.finish();
                                 arm(&mut close_deadline, close_timeout);
                             }
-                            // Pings are answered by tungstenite; pongs only prove life.
+                            // Pings are answered by tungstenite, which now
+                            // owes a write; pongs only prove life.
+                            Some(Ok(WsMessage::Ping(_))) => writer.answer_owed(),
                             Some(Ok(_)) => {}
                             Some(Err(err)) => {
                                 reading = false;
@@ -833,7 +698,7 @@ pub fn run(
                     }
                 },
                 Step::Due(Due::Ping) => {
-                    let _ = handle.push(WsMessage::Ping(Default::default()));
+                    let _ = handle.push(Frame::ping());
                 }
                 Step::Due(Due::IdleClose) => {
                     if handle.events_waiting() > 0 {

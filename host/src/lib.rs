@@ -29,6 +29,7 @@ pub mod router;
 mod runtime;
 mod server;
 mod state;
+mod writer;
 
 pub use config::Config;
 pub use module::LoadError;

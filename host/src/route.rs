@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::config::InstanceMode;
 use crate::connection::ConnHandle;
@@ -27,6 +26,7 @@ use crate::instance::ControllerHandle;
 use crate::module::Module;
 use crate::runtime::{InstanceSlot, Runtime};
 use crate::state::SharedKv;
+use crate::writer::Frame;
 
 /// Longest group name, in bytes.
 pub const MAX_GROUP_NAME: usize = 256;
@@ -113,7 +113,7 @@ impl RouteShared {
 
     /// Queues `frame` for every member of `group` but `except`; returns how
     /// many took it.
-    pub fn publish(&self, group: &str, frame: &WsMessage, except: Option<u64>) -> u32 {
+    pub fn publish(&self, group: &str, frame: &Frame, except: Option<u64>) -> u32 {
         let state = self.state();
         let Some(members) = state.groups.get(group) else {
             return 0;

@@ -35,9 +35,7 @@ use crate::reload::{self, Registry, ReloadEvent, Routes};
 use crate::route::Lease;
 use crate::router::parse_query;
 use crate::runtime::Runtime;
-
-/// Bytes of outgoing frames collected before a write to the socket.
-const WRITE_BUFFER: usize = 64 << 10;
+use crate::writer::Socket;
 
 /// A route as the server serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,20 +348,22 @@ impl Accepted {
             .read_buffer_size(limits.read_buffer_bytes)
             .max_message_size(Some(limits.max_message_bytes))
             .max_frame_size(Some(limits.max_frame_bytes))
-            // Frames fed by the writer collect here and go out in one write
-            // at its flush, instead of one system call per frame.
-            .write_buffer_size(WRITE_BUFFER)
-            .max_write_buffer_size(
-                WRITE_BUFFER + limits.outbound_queue_bytes + limits.max_message_bytes,
-            );
+            // Data frames bypass tungstenite's write buffer (`writer`); it
+            // writes only pongs, close answers and our close frame, each
+            // at once.
+            .write_buffer_size(0);
         let mut request = request;
         let leftover = std::mem::take(&mut request.leftover);
         // Headers are not needed past the upgrade; do not keep them for the
         // connection's life.
         drop(request);
-        let ws =
-            WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(ws_config))
-                .await;
+        let ws = WebSocketStream::from_partially_read(
+            Socket::new(stream),
+            leftover,
+            Role::Server,
+            Some(ws_config),
+        )
+        .await;
         let controller = lease.handle.clone();
         // The lease (dropping it may drop the instance) and the permit end
         // with the connection, after its on-close.

@@ -397,3 +397,66 @@ async fn frames_sent_with_the_upgrade_request_are_served() {
     }
     server.stop().await;
 }
+
+/// A client that sends big messages and pings while it reads nothing fills
+/// the server's socket, so the echoes go out in pieces, each write resuming
+/// inside a frame, while the server keeps reading. The client gets every
+/// echo whole and in order and every pong. (A pong written by tungstenite
+/// inside a half-written frame needs the socket to free up at just the
+/// wrong moment; the writer holds tungstenite's writes so it cannot.)
+#[tokio::test]
+async fn pings_answered_while_a_frame_is_half_written_keep_the_stream_whole() {
+    use futures_util::StreamExt;
+    const MESSAGES: usize = 24;
+    const SIZE: usize = 1 << 20;
+    let mut config = test_config();
+    config.limits.outbound_queue_bytes = 64 << 20;
+    let server = TestServer::start_with(&["echo"], config).await;
+    let ws = server.connect("/echo").await;
+    let (mut sink, mut stream) = ws.split();
+    let payload = |i: usize| -> Vec<u8> { (0..SIZE).map(|b| ((b + i) % 253) as u8).collect() };
+    let (sent_half, half) = tokio::sync::oneshot::channel();
+    let sender = tokio::spawn(async move {
+        let mut sent_half = Some(sent_half);
+        for i in 0..MESSAGES {
+            sink.send(Message::binary(payload(i))).await.unwrap();
+            sink.send(Message::Ping(vec![i as u8].into()))
+                .await
+                .unwrap();
+            if i == MESSAGES / 2 {
+                // Half the echoes (12 MiB) are more than the socket
+                // buffers hold: the server is writing in pieces by now.
+                sent_half.take().unwrap().send(()).unwrap();
+            }
+        }
+        sink
+    });
+    half.await.unwrap();
+    let (mut echoes, mut pongs) = (0, 0);
+    while echoes < MESSAGES || pongs < MESSAGES {
+        match stream
+            .next()
+            .await
+            .expect("stream ended")
+            .expect("stream broken")
+        {
+            Message::Binary(bytes) => {
+                assert!(bytes[..] == payload(echoes)[..], "echo {echoes} damaged");
+                echoes += 1;
+            }
+            Message::Pong(data) => {
+                assert_eq!(data[..], [pongs as u8], "pong {pongs}");
+                pongs += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The close answer, too, waits for the frame in flight.
+    let mut sink = sender.await.unwrap();
+    sink.send(Message::Close(None)).await.unwrap();
+    match stream.next().await {
+        Some(Ok(Message::Close(_))) | None => {}
+        other => panic!("expected the close answer, got {other:?}"),
+    }
+    server.stop().await;
+}

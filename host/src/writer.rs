@@ -1,0 +1,507 @@
+//! The write side of a connection: frames encoded once, written in batches
+//! straight to the socket.
+//!
+//! A [`Frame`] is a data or ping frame as it goes on the wire. A server's
+//! frames are never masked, so its bytes are the same for every recipient:
+//! a broadcast encodes its header once and shares its payload (`Bytes`)
+//! with every connection's queue. The [`Writer`] takes queued frames from a
+//! connection's [`ConnHandle`] and writes up to [`WRITE_BATCH`] of them with
+//! one vectored write (`writev`): no frame is copied into a write buffer,
+//! and a batch costs one system call.
+//!
+//! tungstenite still owns the protocol: it reads, answers pings and close
+//! frames, and writes our close frame. Two rules keep its bytes and ours
+//! from interleaving on the wire: whatever tungstenite owes (a pong or close
+//! answer queued while reading) is flushed before our next batch, and while
+//! one of our frames is half-written the [`Socket`] it writes through holds
+//! its writes back (tungstenite keeps them and goes on reading, as when the
+//! socket is full).
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::Sink;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
+use tracing::debug;
+
+use crate::connection::{ConnHandle, Outgoing};
+
+/// A server-side WebSocket over TCP.
+pub type Ws = WebSocketStream<Socket>;
+
+/// The TCP stream as tungstenite sees it: its writes are held back (as if
+/// the socket were full) while one of our frames is half-written.
+pub struct Socket {
+    tcp: TcpStream,
+    /// A frame of ours is half-written: tungstenite may not write now.
+    hold_writes: bool,
+}
+
+impl Socket {
+    /// Wraps an accepted connection.
+    pub fn new(tcp: TcpStream) -> Socket {
+        Socket {
+            tcp,
+            hold_writes: false,
+        }
+    }
+
+    /// The TCP stream.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.hold_writes {
+            // The connection's task writes the rest of our frame when the
+            // socket has room, then lets tungstenite flush: no wake-up is
+            // lost by not registering one here.
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// Frames written per system call at most; between two batches the
+/// connection's task may read.
+pub const WRITE_BATCH: usize = 64;
+
+/// The longest frame header: 2 bytes and a 64-bit length, no mask.
+const MAX_HEAD: usize = 10;
+
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_PING: u8 = 0x9;
+
+/// One unfragmented data or ping frame, encoded: its header and its
+/// payload. Cloning it copies the header and shares the payload.
+#[derive(Clone)]
+pub struct Frame {
+    head: [u8; MAX_HEAD],
+    head_len: u8,
+    payload: Bytes,
+}
+
+impl Frame {
+    fn new(opcode: u8, payload: Bytes) -> Frame {
+        let mut head = [0; MAX_HEAD];
+        // FIN, no extensions: every message is one frame.
+        head[0] = 0x80 | opcode;
+        let len = payload.len();
+        let head_len = if len < 126 {
+            head[1] = len as u8;
+            2
+        } else if let Ok(len) = u16::try_from(len) {
+            head[1] = 126;
+            head[2..4].copy_from_slice(&len.to_be_bytes());
+            4
+        } else {
+            head[1] = 127;
+            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        Frame {
+            head,
+            head_len,
+            payload,
+        }
+    }
+
+    /// A text frame.
+    pub fn text(text: Utf8Bytes) -> Frame {
+        Frame::new(OP_TEXT, Bytes::from(text))
+    }
+
+    /// A binary frame.
+    pub fn binary(bytes: Bytes) -> Frame {
+        Frame::new(OP_BINARY, bytes)
+    }
+
+    /// An empty ping.
+    pub fn ping() -> Frame {
+        Frame::new(OP_PING, Bytes::new())
+    }
+
+    /// The payload's size in bytes (what the outbound limits count).
+    pub fn len(&self) -> usize {
+        self.payload.len()
+    }
+
+    fn head(&self) -> &[u8] {
+        &self.head[..usize::from(self.head_len)]
+    }
+
+    fn wire_len(&self) -> usize {
+        usize::from(self.head_len) + self.payload.len()
+    }
+}
+
+/// Frames taken from the queue and not yet completely written.
+#[derive(Default)]
+struct Batch {
+    frames: Vec<Frame>,
+    /// Frames at the front already completely written.
+    done: usize,
+    /// Bytes of `frames[done]` already written.
+    offset: usize,
+}
+
+/// Batch capacity kept once written; a larger one (a burst) is given back,
+/// so an idle connection holds none.
+const KEEP_BATCH_CAPACITY: usize = 8;
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.done == self.frames.len()
+    }
+
+    /// Forgets every frame not started yet; the one half-written stays, so
+    /// the stream is not cut inside a frame.
+    fn drop_unstarted(&mut self) {
+        let keep = self.done + usize::from(self.offset > 0);
+        self.frames.truncate(keep);
+        if self.is_empty() {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.frames.capacity() > KEEP_BATCH_CAPACITY {
+            self.frames = Vec::new();
+        } else {
+            self.frames.clear();
+        }
+        self.done = 0;
+        self.offset = 0;
+    }
+
+    /// Counts `written` bytes as sent.
+    fn advance(&mut self, mut written: usize) {
+        while written > 0 {
+            let left = self.frames[self.done].wire_len() - self.offset;
+            if written < left {
+                self.offset += written;
+                return;
+            }
+            written -= left;
+            self.done += 1;
+            self.offset = 0;
+        }
+    }
+
+    /// Writes the whole batch; ready once it is written (or failed). Holds
+    /// tungstenite's writes while a frame is half-written.
+    fn poll_write(
+        &mut self,
+        socket: &mut Socket,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let result = self.poll_write_tcp(&mut socket.tcp, cx);
+        socket.hold_writes = !self.is_empty();
+        result
+    }
+
+    fn poll_write_tcp(
+        &mut self,
+        tcp: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while !self.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 2 * WRITE_BATCH];
+            let mut used = 0;
+            for (i, frame) in self.frames[self.done..].iter().enumerate() {
+                let skip = if i == 0 { self.offset } else { 0 };
+                let head = frame.head();
+                if skip < head.len() {
+                    slices[used] = IoSlice::new(&head[skip..]);
+                    slices[used + 1] = IoSlice::new(&frame.payload);
+                    used += 2;
+                } else {
+                    slices[used] = IoSlice::new(&frame.payload[skip - head.len()..]);
+                    used += 1;
+                }
+                if used + 2 > slices.len() {
+                    break;
+                }
+            }
+            let written =
+                std::task::ready!(Pin::new(&mut *tcp).poll_write_vectored(cx, &slices[..used]))?;
+            if written == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(written);
+        }
+        self.clear();
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// How the write side ended.
+#[derive(Debug)]
+pub enum WriterExit {
+    /// We sent this close frame after the queued frames; now wait for the
+    /// peer's answer.
+    Closed(CloseFrame),
+    /// Killed: queued frames dropped, this close frame sent.
+    Killed(CloseFrame),
+    /// The socket failed.
+    Failed,
+}
+
+/// Where the write side is.
+enum WriteState {
+    /// Writing queued frames as they come.
+    Open,
+    /// A close frame goes out once the batch is written: after the queued
+    /// frames (`killed` false) or instead of them (`killed`).
+    Close { frame: CloseFrame, killed: bool },
+    /// The close frame is handed to tungstenite; flush it, then end with
+    /// this.
+    FlushClose(Option<WriterExit>),
+    /// Ended: nothing more is taken from the queue (a frame half-written
+    /// when it ended is still finished).
+    Done,
+}
+
+/// The write side of a connection, driven from the connection's task by
+/// polling. A frame leaves the queue only when there is room for it in the
+/// batch, and the batch is written before anything else is.
+pub struct Writer {
+    state: WriteState,
+    batch: Batch,
+    /// tungstenite may hold bytes to write: a pong or close answer queued
+    /// while reading. They go out before our next batch.
+    ws_owes: bool,
+}
+
+impl Writer {
+    pub fn new() -> Writer {
+        Writer {
+            state: WriteState::Open,
+            batch: Batch::default(),
+            ws_owes: false,
+        }
+    }
+
+    /// Nothing is left to write, and nothing will be taken from the queue.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, WriteState::Done) && self.batch.is_empty()
+    }
+
+    /// Takes nothing more from the queue: the peer's close was read, and
+    /// tungstenite sends its answer once the frame half-written (if any) is
+    /// finished.
+    pub fn end(&mut self) {
+        self.batch.drop_unstarted();
+        self.ws_owes = true;
+        self.state = WriteState::Done;
+    }
+
+    /// tungstenite was handed a frame it answers (a ping): it owes a write.
+    pub fn answer_owed(&mut self) {
+        self.ws_owes = true;
+    }
+
+    /// Writes what is queued, up to [`WRITE_BATCH`] frames per system
+    /// call. Ready when the write side has ended.
+    pub fn poll(
+        &mut self,
+        ws: &mut Ws,
+        handle: &ConnHandle,
+        cx: &mut Context<'_>,
+    ) -> Poll<WriterExit> {
+        match self.poll_inner(ws, handle, cx) {
+            Poll::Ready(Ok(exit)) => {
+                self.state = WriteState::Done;
+                Poll::Ready(exit)
+            }
+            Poll::Ready(Err(err)) => {
+                debug!(conn = handle.id(), error = %err, "write failed");
+                self.state = WriteState::Done;
+                self.batch.clear();
+                Poll::Ready(WriterExit::Failed)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_inner(
+        &mut self,
+        ws: &mut Ws,
+        handle: &ConnHandle,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<WriterExit, WsError>> {
+        loop {
+            match &mut self.state {
+                WriteState::Open => {
+                    if let Some(frame) = handle.take_kill() {
+                        handle.clear();
+                        self.batch.drop_unstarted();
+                        self.state = WriteState::Close {
+                            frame,
+                            killed: true,
+                        };
+                        continue;
+                    }
+                    std::task::ready!(self.batch.poll_write(ws.get_mut(), cx))?;
+                    if self.ws_owes {
+                        std::task::ready!(Pin::new(&mut *ws).poll_flush(cx))?;
+                        self.ws_owes = false;
+                    }
+                    while self.batch.frames.len() < WRITE_BATCH {
+                        match handle.dequeue() {
+                            Some(Outgoing::Frame(frame)) => self.batch.frames.push(frame),
+                            Some(Outgoing::Close(frame)) => {
+                                self.state = WriteState::Close {
+                                    frame,
+                                    killed: false,
+                                };
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let full = self.batch.frames.len() == WRITE_BATCH;
+                    std::task::ready!(self.batch.poll_write(ws.get_mut(), cx))?;
+                    if !matches!(self.state, WriteState::Open) {
+                        continue;
+                    }
+                    if full {
+                        // More may wait: let the reader have a go first.
+                        cx.waker().wake_by_ref();
+                    }
+                    return Poll::Pending;
+                }
+                WriteState::Close { frame, killed } => {
+                    std::task::ready!(self.batch.poll_write(ws.get_mut(), cx))?;
+                    let mut ws = Pin::new(&mut *ws);
+                    std::task::ready!(ws.as_mut().poll_ready(cx))?;
+                    let frame = frame.clone();
+                    ws.as_mut()
+                        .start_send(WsMessage::Close(Some(frame.clone())))?;
+                    let exit = if *killed {
+                        WriterExit::Killed(frame)
+                    } else {
+                        WriterExit::Closed(frame)
+                    };
+                    self.state = WriteState::FlushClose(Some(exit));
+                }
+                WriteState::FlushClose(exit) => {
+                    std::task::ready!(Pin::new(&mut *ws).poll_flush(cx))?;
+                    let exit = exit.take().expect("close flushed once");
+                    return Poll::Ready(Ok(exit));
+                }
+                WriteState::Done => {
+                    std::task::ready!(self.batch.poll_write(ws.get_mut(), cx))?;
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    fn wire(frame: &Frame) -> Vec<u8> {
+        [frame.head(), &frame.payload[..]].concat()
+    }
+
+    fn tungstenite_wire(payload: &[u8], opcode: OpCode) -> Vec<u8> {
+        let mut out = Vec::new();
+        WsFrame::message(Bytes::copy_from_slice(payload), opcode, true)
+            .format(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn frames_encode_as_tungstenite_does() {
+        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            let payload = vec![0xA5; len];
+            assert_eq!(
+                wire(&Frame::binary(Bytes::from(payload.clone()))),
+                tungstenite_wire(&payload, OpCode::Data(Data::Binary)),
+                "binary of {len} bytes"
+            );
+            let text = "é".repeat(len / 2);
+            assert_eq!(
+                wire(&Frame::text(Utf8Bytes::from(text.clone()))),
+                tungstenite_wire(text.as_bytes(), OpCode::Data(Data::Text)),
+                "text of {} bytes",
+                text.len()
+            );
+        }
+        let mut ping = Vec::new();
+        WsFrame::ping(Bytes::new()).format(&mut ping).unwrap();
+        assert_eq!(wire(&Frame::ping()), ping);
+    }
+
+    #[test]
+    fn a_partial_write_resumes_inside_the_frame() {
+        let mut batch = Batch::default();
+        batch.frames.push(Frame::binary(Bytes::from_static(b"abc")));
+        batch.frames.push(Frame::binary(Bytes::from(vec![7; 300])));
+        // Header (2) and 2 of the 3 payload bytes.
+        batch.advance(4);
+        assert_eq!((batch.done, batch.offset), (0, 4));
+        batch.advance(1);
+        assert_eq!((batch.done, batch.offset), (1, 0));
+        // Into the second frame's 4-byte header, then its payload.
+        batch.advance(2);
+        assert_eq!((batch.done, batch.offset), (1, 2));
+        batch.drop_unstarted();
+        assert_eq!(
+            batch.frames.len() - batch.done,
+            1,
+            "the half-written frame stays"
+        );
+        batch.advance(302);
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn unstarted_frames_are_dropped_whole() {
+        let mut batch = Batch::default();
+        for _ in 0..3 {
+            batch.frames.push(Frame::binary(Bytes::from_static(b"xy")));
+        }
+        batch.advance(4);
+        batch.drop_unstarted();
+        assert!(batch.is_empty(), "no frame was half-written");
+    }
+}
