@@ -6,6 +6,9 @@
 
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
+use wasmtime::component::{ComponentType, Func, Lower, TypedFunc};
+use wasmtime::{AsContext, AsContextMut};
+
 use crate::writer::Frame;
 
 wasmtime::component::bindgen!({
@@ -34,15 +37,58 @@ impl Message {
             Message::Binary(bytes) => bytes.len(),
         }
     }
+}
 
-    /// A data frame from a client as the guest's message type; `None` for
-    /// control frames.
-    pub fn from_frame(frame: &WsMessage) -> Option<Message> {
-        match frame {
-            WsMessage::Text(text) => Some(Message::Text(text.as_str().to_owned())),
-            WsMessage::Binary(bytes) => Some(Message::Binary(bytes.to_vec())),
-            _ => None,
-        }
+/// A client's data frame as the guest's `message`, borrowed from the frame:
+/// lowering it copies the payload straight into guest memory.
+#[derive(ComponentType, Lower)]
+#[component(variant)]
+enum Incoming<'a> {
+    #[component(name = "text")]
+    Text(&'a str),
+    #[component(name = "binary")]
+    Binary(&'a [u8]),
+}
+
+/// The `on-message` export, called with the frame as it was read (the
+/// generated `call_on_message` takes an owned copy of it).
+#[derive(Clone, Copy)]
+pub struct OnMessage(Func);
+
+impl OnMessage {
+    /// `controller`'s `on-message`, checked against the borrowed message
+    /// type once, here.
+    pub fn new(controller: &Controller, store: impl AsContext) -> wasmtime::Result<OnMessage> {
+        let func = *controller.func_on_message().func();
+        func.typed::<(u64, Incoming<'static>), (Option<Message>,)>(store)?;
+        Ok(OnMessage(func))
+    }
+
+    /// Calls `on-message` of connection `id` with `frame`; `None` when the
+    /// frame is not a data frame.
+    pub async fn call<S>(
+        &self,
+        store: S,
+        id: u64,
+        frame: &WsMessage,
+    ) -> Option<wasmtime::Result<Option<Message>>>
+    where
+        S: AsContextMut<Data: Send>,
+    {
+        let msg = match frame {
+            WsMessage::Text(text) => Incoming::Text(text.as_str()),
+            WsMessage::Binary(bytes) => Incoming::Binary(bytes),
+            _ => return None,
+        };
+        // SAFETY: `new` checked the function against this signature; the
+        // lifetime of the borrow does not change the component type.
+        let func =
+            unsafe { TypedFunc::<(u64, Incoming<'_>), (Option<Message>,)>::new_unchecked(self.0) };
+        Some(
+            func.call_async(store, (id, msg))
+                .await
+                .map(|(reply,)| reply),
+        )
     }
 }
 

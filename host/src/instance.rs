@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{debug, error, info, warn};
 use wasmtime::Store;
 
-use crate::bindings::{CloseInfo, Connection, Controller, ErrorInfo, Message};
+use crate::bindings::{CloseInfo, Connection, Controller, ErrorInfo, Message, OnMessage};
 use crate::config::InstanceMode;
 use crate::connection::{ConnHandle, ConnectionInfo};
 use crate::host_api::{HostOwned, HostState};
@@ -281,6 +281,8 @@ impl ControllerHandle {
 struct Live {
     store: Store<HostState>,
     controller: Controller,
+    /// `on-message`, called with the frame as read (no copy of it first).
+    on_message: OnMessage,
 }
 
 /// One instance and the host-owned state that outlives it.
@@ -299,14 +301,16 @@ struct Actor {
     _slot: Option<InstanceSlot>,
 }
 
-async fn instantiate(
-    runtime: &Runtime,
-    module: &Module,
-) -> wasmtime::Result<(Store<HostState>, Controller)> {
+async fn instantiate(runtime: &Runtime, module: &Module) -> wasmtime::Result<Live> {
     let mut store = runtime.new_store(module.name.clone(), runtime.detached_owned());
     runtime.arm_budget(&mut store);
     let controller = module.pre.instantiate_async(&mut store).await?;
-    Ok((store, controller))
+    let on_message = OnMessage::new(&controller, &store)?;
+    Ok(Live {
+        store,
+        controller,
+        on_message,
+    })
 }
 
 /// Instantiates until it works, backing off between attempts, and hands the
@@ -318,7 +322,7 @@ async fn instantiate_with_backoff(
     module: &Module,
     owned: HostOwned,
     failures: u32,
-) -> (Store<HostState>, Controller) {
+) -> Live {
     let mut attempt = failures;
     loop {
         if attempt > 1 {
@@ -328,9 +332,9 @@ async fn instantiate_with_backoff(
             tokio::time::sleep(delay).await;
         }
         match instantiate(runtime, module).await {
-            Ok((mut store, controller)) => {
-                store.data_mut().owned = owned;
-                return (store, controller);
+            Ok(mut live) => {
+                live.store.data_mut().owned = owned;
+                return live;
             }
             Err(err) => {
                 error!(route = %module.name, file = %module.file.display(), error = %format!("{err:#}"),
@@ -349,15 +353,14 @@ impl Actor {
                 .owned
                 .take()
                 .unwrap_or_else(|| self.runtime.detached_owned());
-            let (store, controller) =
-                instantiate_with_backoff(&self.runtime, &self.module, owned, 0).await;
+            let live = instantiate_with_backoff(&self.runtime, &self.module, owned, 0).await;
             if self.module.instance == InstanceMode::Shared {
                 info!(route = %self.module.name, file = %self.module.file.display(), "controller instance started");
             } else {
                 // Keyed and per-connection instances come and go by the thousand.
                 debug!(route = %self.module.name, "controller instance started");
             }
-            self.live = Some(Live { store, controller });
+            self.live = Some(live);
         }
         self.live.as_mut().expect("instance created above")
     }
@@ -371,7 +374,11 @@ impl Actor {
         }
         let runtime = self.runtime.clone();
         self.live().await;
-        let Live { store, controller } = self.live.as_mut().expect("instance created above");
+        let Live {
+            store,
+            controller,
+            on_message,
+        } = self.live.as_mut().expect("instance created above");
         let (id, result) = match event {
             Event::Open { info, handle } => {
                 let id = info.id;
@@ -388,11 +395,10 @@ impl Actor {
                 if !store.data().owned.infos.contains_key(&id) {
                     return;
                 }
-                let Some(msg) = Message::from_frame(&msg) else {
+                runtime.arm_budget(store);
+                let Some(result) = on_message.call(&mut *store, id, &msg).await else {
                     return;
                 };
-                runtime.arm_budget(store);
-                let result = controller.call_on_message(&mut *store, id, &msg).await;
                 (id, result.map(|reply| self.reply(id, reply)))
             }
             Event::Error { id, code, message } => {
@@ -482,14 +488,14 @@ impl Actor {
             handle.force_close(CloseCode::Error, "controller error");
         }
         let owned = self.take_owned();
-        let (store, controller) = instantiate_with_backoff(
+        let live = instantiate_with_backoff(
             &self.runtime,
             &self.module,
             owned,
             self.consecutive_failures,
         )
         .await;
-        self.live = Some(Live { store, controller });
+        self.live = Some(live);
     }
 
     /// Moves the host-owned state out of the current store.
@@ -506,11 +512,11 @@ impl Actor {
     /// Continues with an instance of `module`; on failure the current one
     /// keeps serving.
     async fn swap(&mut self, module: Arc<Module>) -> Result<(), String> {
-        let (mut store, controller) = instantiate(&self.runtime, &module)
+        let mut live = instantiate(&self.runtime, &module)
             .await
             .map_err(|err| format!("instantiation failed: {err:#}"))?;
-        store.data_mut().owned = self.take_owned();
-        self.live = Some(Live { store, controller });
+        live.store.data_mut().owned = self.take_owned();
+        self.live = Some(live);
         self.module = module;
         self.consecutive_failures = 0;
         Ok(())
@@ -534,7 +540,9 @@ impl Actor {
                     code: 1001,
                     reason: "controller removed".to_owned(),
                 };
-                let Live { store, controller } = self.live.as_mut().expect("instance is live");
+                let Live {
+                    store, controller, ..
+                } = self.live.as_mut().expect("instance is live");
                 self.runtime.arm_budget(store);
                 let result = controller.call_on_close(&mut *store, id, &info).await;
                 if let Err(err) = result {
