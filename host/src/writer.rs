@@ -320,11 +320,10 @@ impl Writer {
     }
 
     /// Takes nothing more from the queue: the peer's close was read, and
-    /// tungstenite sends its answer once the frame half-written (if any) is
-    /// finished.
+    /// tungstenite sends its answer (as the task reads or flushes) once the
+    /// frame half-written, if any, is finished.
     pub fn end(&mut self) {
         self.batch.drop_unstarted();
-        self.ws_owes = true;
         self.state = WriteState::Done;
     }
 

@@ -1,6 +1,8 @@
 //! The core slice end to end: the sample controllers over real sockets,
 //! routing, and module loading failures.
 
+use std::sync::Arc;
+
 use futures_util::SinkExt;
 use serde_json::json;
 use switchyard_tests::*;
@@ -407,25 +409,33 @@ async fn frames_sent_with_the_upgrade_request_are_served() {
 #[tokio::test]
 async fn pings_answered_while_a_frame_is_half_written_keep_the_stream_whole() {
     use futures_util::StreamExt;
-    const MESSAGES: usize = 24;
+    const MESSAGES: usize = 96;
     const SIZE: usize = 1 << 20;
     let mut config = test_config();
-    config.limits.outbound_queue_bytes = 64 << 20;
+    config.limits.outbound_queue_bytes = 128 << 20;
     let server = TestServer::start_with(&["echo"], config).await;
     let ws = server.connect("/echo").await;
     let (mut sink, mut stream) = ws.split();
-    let payload = |i: usize| -> Vec<u8> { (0..SIZE).map(|b| ((b + i) % 253) as u8).collect() };
+    let payloads: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..4)
+            .map(|i| (0..SIZE).map(|b| ((b + i) % 253) as u8).collect())
+            .collect(),
+    );
+    let payload = |i: usize| payloads[i % payloads.len()].clone();
     let (sent_half, half) = tokio::sync::oneshot::channel();
+    let sender_payloads = payloads.clone();
     let sender = tokio::spawn(async move {
         let mut sent_half = Some(sent_half);
         for i in 0..MESSAGES {
-            sink.send(Message::binary(payload(i))).await.unwrap();
+            let bytes = sender_payloads[i % sender_payloads.len()].clone();
+            sink.send(Message::binary(bytes)).await.unwrap();
             sink.send(Message::Ping(vec![i as u8].into()))
                 .await
                 .unwrap();
             if i == MESSAGES / 2 {
-                // Half the echoes (12 MiB) are more than the socket
-                // buffers hold: the server is writing in pieces by now.
+                // Half the echoes (48 MiB) are more than the socket
+                // buffers hold (36 MiB at most here): the server is
+                // writing in pieces by now.
                 sent_half.take().unwrap().send(()).unwrap();
             }
         }
@@ -458,5 +468,47 @@ async fn pings_answered_while_a_frame_is_half_written_keep_the_stream_whole() {
         Some(Ok(Message::Close(_))) | None => {}
         other => panic!("expected the close answer, got {other:?}"),
     }
+    server.stop().await;
+}
+
+/// A client that closes while the server's echoes are still going out in
+/// pieces gets a clean end: the frame half-written when its close arrives
+/// is finished, the queued ones are dropped, and the close answer follows.
+/// A stream cut inside a frame would reach the client as a protocol error.
+#[tokio::test]
+async fn a_peer_close_while_a_frame_is_half_written_ends_cleanly() {
+    use futures_util::StreamExt;
+    const MESSAGES: usize = 96;
+    const SIZE: usize = 1 << 20;
+    let mut config = test_config();
+    config.limits.outbound_queue_bytes = 128 << 20;
+    let server = TestServer::start_with(&["echo"], config).await;
+    let mut ws = server.connect("/echo").await;
+    let payloads: Vec<Vec<u8>> = (0..4)
+        .map(|i| (0..SIZE).map(|b| ((b + i) % 251) as u8).collect())
+        .collect();
+    let payload = |i: usize| &payloads[i % payloads.len()];
+    for i in 0..MESSAGES {
+        ws.send(Message::binary(payload(i).clone())).await.unwrap();
+    }
+    // 96 MiB of echoes are more than the socket buffers hold (their
+    // maximum here is 36 MiB), so the server is in the middle of writing
+    // them when the close arrives.
+    ws.send(Message::Close(None)).await.unwrap();
+    let mut echoes = 0;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(bytes))) => {
+                assert!(bytes[..] == payload(echoes)[..], "echo {echoes} damaged");
+                echoes += 1;
+            }
+            Some(Ok(Message::Close(_))) | None => break,
+            other => panic!("expected whole echoes, then the close answer; got {other:?}"),
+        }
+    }
+    assert!(
+        echoes < MESSAGES,
+        "every echo arrived: the close came too late to test anything"
+    );
     server.stop().await;
 }
