@@ -6,8 +6,11 @@
 //! a broadcast encodes its header once and shares its payload (`Bytes`)
 //! with every connection's queue. The [`Writer`] takes queued frames from a
 //! connection's [`ConnHandle`] and writes up to [`WRITE_BATCH`] of them with
-//! one vectored write (`writev`): no frame is copied into a write buffer,
-//! and a batch costs one system call.
+//! one system call: small frames are copied one after the other into a
+//! buffer of the worker thread's (so a batch of chat lines leaves as one
+//! `send`, as from a hand-written server's write buffer), large payloads
+//! go from where they are (`sendmsg` with the headers), and a connection
+//! keeps no write buffer of its own.
 //!
 //! tungstenite still owns the protocol: it reads, answers pings and close
 //! frames, and writes our close frame. Two rules keep its bytes and ours
@@ -17,12 +20,14 @@
 //! its writes back (tungstenite keeps them and goes on reading, as when the
 //! socket is full).
 
-use std::io::IoSlice;
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::Sink;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use socket2::SockRef;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
@@ -222,49 +227,113 @@ impl Batch {
 
     /// Writes the whole batch; ready once it is written (or failed). Holds
     /// tungstenite's writes while a frame is half-written.
-    fn poll_write(
-        &mut self,
-        socket: &mut Socket,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let result = self.poll_write_tcp(&mut socket.tcp, cx);
+    fn poll_write(&mut self, socket: &mut Socket, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let result = self.poll_write_tcp(&socket.tcp, cx);
         socket.hold_writes = !self.is_empty();
         result
     }
 
-    fn poll_write_tcp(
-        &mut self,
-        tcp: &mut TcpStream,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_write_tcp(&mut self, tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 2 * WRITE_BATCH];
-            let mut used = 0;
-            for (i, frame) in self.frames[self.done..].iter().enumerate() {
-                let skip = if i == 0 { self.offset } else { 0 };
-                let head = frame.head();
-                if skip < head.len() {
-                    slices[used] = IoSlice::new(&head[skip..]);
-                    slices[used + 1] = IoSlice::new(&frame.payload);
-                    used += 2;
-                } else {
-                    slices[used] = IoSlice::new(&frame.payload[skip - head.len()..]);
-                    used += 1;
-                }
-                if used + 2 > slices.len() {
-                    break;
-                }
-            }
-            let written =
-                std::task::ready!(Pin::new(&mut *tcp).poll_write_vectored(cx, &slices[..used]))?;
+            let written = std::task::ready!(STAGE.with_borrow_mut(|stage| {
+                stage.clear();
+                self.poll_send(tcp, stage, cx)
+            }))?;
             if written == 0 {
-                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.advance(written);
         }
         self.clear();
         Poll::Ready(Ok(()))
     }
+
+    /// Sends what is left of the batch, or as much of it as one system
+    /// call takes: small frames (and every header) copied one after the
+    /// other into `stage`, large payloads sent from where they are. One
+    /// buffer goes out with `send`, several with `sendmsg` (neither pays
+    /// for the file layer `writev` goes through).
+    fn poll_send(
+        &self,
+        tcp: &TcpStream,
+        stage: &mut Vec<u8>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        let mut pieces = [Piece::Staged(0, 0); 2 * WRITE_BATCH];
+        let mut used = 0;
+        let mut run_start = 0;
+        for (i, frame) in self.frames[self.done..].iter().enumerate() {
+            if used + 2 > pieces.len() || stage.len() >= STAGE_BYTES {
+                break;
+            }
+            let skip = if i == 0 { self.offset } else { 0 };
+            let head = frame.head();
+            if let Some(head_left) = head.get(skip..) {
+                stage.extend_from_slice(head_left);
+            }
+            let payload_skip = skip.saturating_sub(head.len());
+            if frame.payload.len() <= COPY_BYTES {
+                stage.extend_from_slice(&frame.payload[payload_skip..]);
+                continue;
+            }
+            if stage.len() > run_start {
+                pieces[used] = Piece::Staged(run_start, stage.len());
+                used += 1;
+                run_start = stage.len();
+            }
+            pieces[used] = Piece::Payload(self.done + i, payload_skip);
+            used += 1;
+        }
+        if stage.len() > run_start {
+            pieces[used] = Piece::Staged(run_start, stage.len());
+            used += 1;
+        }
+        let mut slices = [IoSlice::new(&[]); 2 * WRITE_BATCH];
+        for (slice, piece) in slices.iter_mut().zip(&pieces[..used]) {
+            *slice = IoSlice::new(match *piece {
+                Piece::Staged(start, end) => &stage[start..end],
+                Piece::Payload(frame, skip) => &self.frames[frame].payload[skip..],
+            });
+        }
+        let slices = &slices[..used];
+        loop {
+            std::task::ready!(tcp.poll_write_ready(cx))?;
+            let sent = tcp.try_io(Interest::WRITABLE, || {
+                let socket = SockRef::from(tcp);
+                match slices {
+                    [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL),
+                    _ => socket.send_vectored_with_flags(slices, libc::MSG_NOSIGNAL),
+                }
+            });
+            match sent {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                sent => return Poll::Ready(sent),
+            }
+        }
+    }
+}
+
+/// Payloads up to this size are copied next to their header when sent, so
+/// that a batch of small frames (an echo reply, a broadcast's chat lines)
+/// leaves as one buffer; a larger payload is sent from where it is.
+const COPY_BYTES: usize = 1024;
+
+/// Bytes copied for one system call at most; the rest of the batch goes
+/// with the next.
+const STAGE_BYTES: usize = 64 << 10;
+
+thread_local! {
+    /// Where [`Batch::poll_send`] copies small frames: one per thread, so a
+    /// connection keeps no write buffer between writes.
+    static STAGE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One buffer of a send: a run of the stage, or a payload (its frame in the
+/// batch, from an offset).
+#[derive(Clone, Copy)]
+enum Piece {
+    Staged(usize, usize),
+    Payload(usize, usize),
 }
 
 /// How the write side ended.
@@ -491,6 +560,95 @@ mod tests {
         );
         batch.advance(302);
         assert!(batch.is_empty());
+    }
+
+    /// Frames of every size class, sent through socket buffers far smaller
+    /// than the batch, so that sends stop inside headers, inside copied
+    /// frames and inside payloads sent in place, and each resumes there.
+    #[tokio::test]
+    async fn a_batch_sent_in_pieces_arrives_whole() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        server.set_nodelay(true).unwrap();
+        SockRef::from(&server)
+            .set_send_buffer_size(16 << 10)
+            .unwrap();
+        SockRef::from(&client)
+            .set_recv_buffer_size(32 << 10)
+            .unwrap();
+
+        let sizes = [0, 1, 125, 126, COPY_BYTES, COPY_BYTES + 1, 3000, 70_000];
+        let mut batch = Batch::default();
+        let mut expected = Vec::new();
+        for i in 0..WRITE_BATCH {
+            let payload: Vec<u8> = (0..sizes[i % sizes.len()]).map(|b| (b ^ i) as u8).collect();
+            let frame = Frame::binary(Bytes::from(payload));
+            expected.extend(wire(&frame));
+            batch.frames.push(frame);
+        }
+        let total = expected.len();
+        let reader = tokio::spawn(async move {
+            let mut client = client;
+            let mut got = Vec::new();
+            let mut chunk = [0; 1500];
+            while got.len() < total {
+                let n = client.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "stream ended after {} of {total} bytes", got.len());
+                got.extend_from_slice(&chunk[..n]);
+                tokio::task::yield_now().await;
+            }
+            got
+        });
+        let mut waits = 0;
+        std::future::poll_fn(|cx| {
+            let poll = batch.poll_write_tcp(&server, cx);
+            waits += usize::from(poll.is_pending());
+            poll
+        })
+        .await
+        .unwrap();
+        let got = reader.await.unwrap();
+        assert!(waits > 0, "the socket took the whole batch at once");
+        assert!(
+            got == expected,
+            "the bytes on the wire differ from the frames"
+        );
+        assert!(batch.is_empty());
+    }
+
+    /// A send resumed at every byte of a batch (inside a header, a copied
+    /// frame, a payload sent in place) sends exactly the rest.
+    #[tokio::test]
+    async fn a_send_resumes_at_any_byte() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let frames = [
+            Frame::binary(Bytes::from_static(b"abc")),
+            Frame::binary(Bytes::from(vec![7; COPY_BYTES + 200])),
+            Frame::text(Utf8Bytes::from("x".repeat(130))),
+            Frame::ping(),
+        ];
+        let expected: Vec<u8> = frames.iter().flat_map(wire).collect();
+        let mut got = vec![0; expected.len()];
+        for start in 0..expected.len() {
+            let mut batch = Batch::default();
+            batch.frames.extend(frames.iter().cloned());
+            batch.advance(start);
+            std::future::poll_fn(|cx| batch.poll_write_tcp(&server, cx))
+                .await
+                .unwrap();
+            let rest = &mut got[start..];
+            client.read_exact(rest).await.unwrap();
+            assert!(*rest == expected[start..], "resumed at byte {start}");
+        }
     }
 
     #[test]
