@@ -81,7 +81,7 @@ pub enum PushError {
 }
 
 /// What waits in a connection's queue.
-pub(crate) enum Outgoing {
+enum Outgoing {
     /// A data or ping frame, encoded.
     Frame(Frame),
     /// Our close frame: the last thing written.
@@ -110,6 +110,9 @@ pub struct ConnHandle {
     queue: Mutex<Queue>,
     /// Wakes the connection's task when frames are queued or closing starts.
     waker: AtomicWaker,
+    /// `queue` holds something: set and cleared under its lock, read
+    /// without it, so the writer takes the lock only when there is work.
+    queued: AtomicBool,
     max_queued_messages: usize,
     max_queued_bytes: usize,
     /// Set once a close has been queued or forced; later sends are refused.
@@ -138,6 +141,7 @@ impl ConnHandle {
             id,
             queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
+            queued: AtomicBool::new(false),
             max_queued_messages: limits.outbound_queue_messages,
             max_queued_bytes: limits.outbound_queue_bytes,
             closing: AtomicBool::new(false),
@@ -194,6 +198,7 @@ impl ConnHandle {
         }
         queue.frames.push_back(out);
         queue.bytes += len;
+        self.queued.store(true, Ordering::Release);
         drop(queue);
         // The task clears `in_turn` before it next takes the queue lock, so
         // a frame pushed after that lock sees the flag clear and wakes it,
@@ -205,17 +210,35 @@ impl ConnHandle {
         Ok(())
     }
 
-    /// The next frame to write, if any.
-    pub(crate) fn dequeue(&self) -> Option<Outgoing> {
+    /// Moves queued frames into `batch` until it holds `max`; returns our
+    /// close frame when it comes next (nothing is queued after it). One
+    /// lock for the lot, none when the queue is empty.
+    pub(crate) fn dequeue_into(&self, batch: &mut Vec<Frame>, max: usize) -> Option<CloseFrame> {
+        if !self.queued.load(Ordering::Acquire) {
+            return None;
+        }
         let mut queue = self.queue();
-        let out = queue.frames.pop_front()?;
-        if let Outgoing::Frame(frame) = &out {
-            queue.bytes -= frame.len();
+        let mut close = None;
+        while batch.len() < max {
+            match queue.frames.pop_front() {
+                Some(Outgoing::Frame(frame)) => {
+                    queue.bytes -= frame.len();
+                    batch.push(frame);
+                }
+                Some(Outgoing::Close(frame)) => {
+                    close = Some(frame);
+                    break;
+                }
+                None => break,
+            }
         }
-        if queue.frames.is_empty() && queue.frames.capacity() > KEEP_QUEUE_CAPACITY {
-            queue.frames = VecDeque::new();
+        if queue.frames.is_empty() {
+            self.queued.store(false, Ordering::Release);
+            if queue.frames.capacity() > KEEP_QUEUE_CAPACITY {
+                queue.frames = VecDeque::new();
+            }
         }
-        Some(out)
+        close
     }
 
     /// Drops what is queued, for a close that goes first.
@@ -223,6 +246,7 @@ impl ConnHandle {
         let mut queue = self.queue();
         queue.frames = VecDeque::new();
         queue.bytes = 0;
+        self.queued.store(false, Ordering::Release);
     }
 
     /// The writer is gone: drop what is queued and refuse the rest.
@@ -231,6 +255,7 @@ impl ConnHandle {
         queue.done = true;
         queue.frames = VecDeque::new();
         queue.bytes = 0;
+        self.queued.store(false, Ordering::Release);
     }
 
     /// Queues a data frame. The payload is shared, not copied, so one
@@ -367,6 +392,9 @@ struct Keepalive {
     ping: Option<Duration>,
     idle: Option<Duration>,
     check: tokio::time::Interval,
+    /// A frame arrived since the last check (which then counts as the time
+    /// it was last heard from: no clock read per frame).
+    heard: bool,
     last_received: Instant,
     last_ping: Instant,
 }
@@ -395,6 +423,7 @@ impl Keepalive {
             ping,
             idle,
             check,
+            heard: false,
             last_received: now,
             last_ping: now,
         }
@@ -405,13 +434,16 @@ impl Keepalive {
     }
 
     fn received(&mut self) {
-        self.last_received = Instant::now();
+        self.heard = true;
     }
 
     /// Ready at the next check at which something is due.
     fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
         loop {
             let now = std::task::ready!(self.check.poll_tick(cx));
+            if std::mem::take(&mut self.heard) {
+                self.last_received = now;
+            }
             let quiet = now.saturating_duration_since(self.last_received);
             if self.idle.is_some_and(|idle| quiet >= idle) {
                 return Poll::Ready(Due::IdleClose);

@@ -205,7 +205,10 @@ impl ControllerHandle {
             let _turn = turn;
             // Only a swap, a retirement, the start of the instance or a
             // drainer that is just returning can hold the lock now.
-            let mut actor = self.actor.lock().await;
+            let mut actor = match self.actor.try_lock() {
+                Ok(actor) => actor,
+                Err(_) => self.actor.lock().await,
+            };
             actor.handle(event).await;
         }))
     }
@@ -372,8 +375,8 @@ impl Actor {
             }
             return;
         }
-        let runtime = self.runtime.clone();
         self.live().await;
+        let runtime = &self.runtime;
         let Live {
             store,
             controller,
@@ -459,18 +462,21 @@ impl Actor {
     /// Queues a message returned by an event handler for its connection.
     fn reply(&mut self, id: u64, reply: Option<Message>) {
         let Some(msg) = reply else { return };
-        let name = self.module.name.clone();
-        let state = self.store().data();
+        let Some(live) = self.live.as_ref() else {
+            return;
+        };
+        let state = live.store.data();
         let Some(handle) = state.owned.conns.get(&id) else {
             return;
         };
+        let route = &self.module.name;
         if msg.len() > state.max_message_bytes {
-            warn!(route = %name, conn = id, bytes = msg.len(),
+            warn!(route = %route, conn = id, bytes = msg.len(),
                 "reply dropped: larger than limits.max_message_bytes");
             return;
         }
         if let Err(err) = handle.push(msg.into_frame()) {
-            debug!(route = %name, conn = id, ?err, "reply not queued");
+            debug!(route = %route, conn = id, ?err, "reply not queued");
         }
     }
 

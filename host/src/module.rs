@@ -311,7 +311,10 @@ pub async fn time_events(
     if let Some(turn) = instance.submit(open, &conn) {
         turn.await;
     }
-    while conn.dequeue().is_some() {}
+    // As the writer takes them, one batch at a time.
+    let mut batch = Vec::new();
+    conn.dequeue_into(&mut batch, usize::MAX);
+    batch.clear();
     let payload = Bytes::from(vec![b'x'; payload]);
     let mut replies = 0;
     let start = std::time::Instant::now();
@@ -320,9 +323,9 @@ pub async fn time_events(
         if let Some(turn) = instance.submit(Event::Message { id, msg }, &conn) {
             turn.await;
         }
-        while conn.dequeue().is_some() {
-            replies += 1;
-        }
+        conn.dequeue_into(&mut batch, crate::writer::WRITE_BATCH);
+        replies += batch.len();
+        batch.clear();
     }
     let took = start.elapsed();
     anyhow::ensure!(

@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 use tracing::debug;
 
-use crate::connection::{ConnHandle, Outgoing};
+use crate::connection::ConnHandle;
 
 /// A server-side WebSocket over TCP.
 pub type Ws = WebSocketStream<Socket>;
@@ -447,18 +447,11 @@ impl Writer {
                         std::task::ready!(Pin::new(&mut *ws).poll_flush(cx))?;
                         self.ws_owes = false;
                     }
-                    while self.batch.frames.len() < WRITE_BATCH {
-                        match handle.dequeue() {
-                            Some(Outgoing::Frame(frame)) => self.batch.frames.push(frame),
-                            Some(Outgoing::Close(frame)) => {
-                                self.state = WriteState::Close {
-                                    frame,
-                                    killed: false,
-                                };
-                                break;
-                            }
-                            None => break,
-                        }
+                    if let Some(frame) = handle.dequeue_into(&mut self.batch.frames, WRITE_BATCH) {
+                        self.state = WriteState::Close {
+                            frame,
+                            killed: false,
+                        };
                     }
                     let full = self.batch.frames.len() == WRITE_BATCH;
                     std::task::ready!(self.batch.poll_write(ws.get_mut(), cx))?;
