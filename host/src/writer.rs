@@ -236,8 +236,8 @@ impl Batch {
     fn poll_write_tcp(&mut self, tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.is_empty() {
             let written = std::task::ready!(STAGE.with_borrow_mut(|stage| {
-                stage.clear();
-                self.poll_send(tcp, stage, cx)
+                stage.fill(self);
+                stage.poll_send(tcp, &self.frames, cx)
             }))?;
             if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -247,53 +247,99 @@ impl Batch {
         self.clear();
         Poll::Ready(Ok(()))
     }
+}
 
-    /// Sends what is left of the batch, or as much of it as one system
-    /// call takes: small frames (and every header) copied one after the
-    /// other into `stage`, large payloads sent from where they are. One
-    /// buffer goes out with `send`, several with `sendmsg` (neither pays
-    /// for the file layer `writev` goes through).
-    fn poll_send(
-        &self,
-        tcp: &TcpStream,
-        stage: &mut Vec<u8>,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<usize>> {
-        let mut pieces = [Piece::Staged(0, 0); 2 * WRITE_BATCH];
-        let mut used = 0;
+/// Payloads up to this size are copied next to their header when sent, so
+/// that a batch of small frames (an echo reply, a broadcast's chat lines)
+/// leaves as one buffer; a larger payload is sent from where it is.
+const COPY_BYTES: usize = 1024;
+
+/// Bytes copied for one system call at most; the rest of the batch goes
+/// with the next.
+const STAGE_BYTES: usize = 64 << 10;
+
+/// Buffers handed to one system call at most (a large frame takes two: its
+/// header and its payload).
+const MAX_SLICES: usize = 32;
+
+thread_local! {
+    /// One per thread, so a connection keeps no write buffer between writes.
+    static STAGE: RefCell<Stage> = const {
+        RefCell::new(Stage {
+            bytes: Vec::new(),
+            pieces: Vec::new(),
+        })
+    };
+}
+
+/// What one system call sends: small frames (and every header) copied one
+/// after the other into `bytes`, large payloads from where they are.
+struct Stage {
+    bytes: Vec<u8>,
+    pieces: Vec<Piece>,
+}
+
+/// One buffer of a send: a run of the stage's bytes, or a payload (its
+/// frame in the batch, from an offset).
+#[derive(Clone, Copy)]
+enum Piece {
+    Staged(usize, usize),
+    Payload(usize, usize),
+}
+
+impl Stage {
+    /// Lays out what is left of `batch`, or as much of it as one system
+    /// call takes.
+    fn fill(&mut self, batch: &Batch) {
+        self.bytes.clear();
+        self.pieces.clear();
         let mut run_start = 0;
-        for (i, frame) in self.frames[self.done..].iter().enumerate() {
-            if used + 2 > pieces.len() || stage.len() >= STAGE_BYTES {
+        for (i, frame) in batch.frames[batch.done..].iter().enumerate() {
+            if self.pieces.len() + 2 > MAX_SLICES || self.bytes.len() >= STAGE_BYTES {
                 break;
             }
-            let skip = if i == 0 { self.offset } else { 0 };
+            let skip = if i == 0 { batch.offset } else { 0 };
             let head = frame.head();
             if let Some(head_left) = head.get(skip..) {
-                stage.extend_from_slice(head_left);
+                self.bytes.extend_from_slice(head_left);
             }
             let payload_skip = skip.saturating_sub(head.len());
             if frame.payload.len() <= COPY_BYTES {
-                stage.extend_from_slice(&frame.payload[payload_skip..]);
+                self.bytes.extend_from_slice(&frame.payload[payload_skip..]);
                 continue;
             }
-            if stage.len() > run_start {
-                pieces[used] = Piece::Staged(run_start, stage.len());
-                used += 1;
-                run_start = stage.len();
+            if self.bytes.len() > run_start {
+                self.pieces.push(Piece::Staged(run_start, self.bytes.len()));
+                run_start = self.bytes.len();
             }
-            pieces[used] = Piece::Payload(self.done + i, payload_skip);
-            used += 1;
+            self.pieces
+                .push(Piece::Payload(batch.done + i, payload_skip));
         }
-        if stage.len() > run_start {
-            pieces[used] = Piece::Staged(run_start, stage.len());
-            used += 1;
+        if self.bytes.len() > run_start {
+            self.pieces.push(Piece::Staged(run_start, self.bytes.len()));
         }
-        let mut slices = [IoSlice::new(&[]); 2 * WRITE_BATCH];
-        for (slice, piece) in slices.iter_mut().zip(&pieces[..used]) {
-            *slice = IoSlice::new(match *piece {
-                Piece::Staged(start, end) => &stage[start..end],
-                Piece::Payload(frame, skip) => &self.frames[frame].payload[skip..],
-            });
+    }
+
+    fn slice<'a>(&'a self, piece: Piece, frames: &'a [Frame]) -> &'a [u8] {
+        match piece {
+            Piece::Staged(start, end) => &self.bytes[start..end],
+            Piece::Payload(frame, skip) => &frames[frame].payload[skip..],
+        }
+    }
+
+    /// Sends what [`Stage::fill`] laid out: one buffer with `send`, several
+    /// with `sendmsg` (neither pays for the file layer `writev` goes
+    /// through).
+    fn poll_send(
+        &self,
+        tcp: &TcpStream,
+        frames: &[Frame],
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let used = self.pieces.len();
+        for (slice, piece) in slices.iter_mut().zip(&self.pieces) {
+            *slice = IoSlice::new(self.slice(*piece, frames));
         }
         let slices = &slices[..used];
         loop {
@@ -311,29 +357,6 @@ impl Batch {
             }
         }
     }
-}
-
-/// Payloads up to this size are copied next to their header when sent, so
-/// that a batch of small frames (an echo reply, a broadcast's chat lines)
-/// leaves as one buffer; a larger payload is sent from where it is.
-const COPY_BYTES: usize = 1024;
-
-/// Bytes copied for one system call at most; the rest of the batch goes
-/// with the next.
-const STAGE_BYTES: usize = 64 << 10;
-
-thread_local! {
-    /// Where [`Batch::poll_send`] copies small frames: one per thread, so a
-    /// connection keeps no write buffer between writes.
-    static STAGE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// One buffer of a send: a run of the stage, or a payload (its frame in the
-/// batch, from an offset).
-#[derive(Clone, Copy)]
-enum Piece {
-    Staged(usize, usize),
-    Payload(usize, usize),
 }
 
 /// How the write side ended.
