@@ -356,7 +356,15 @@ impl Actor {
                 .owned
                 .take()
                 .unwrap_or_else(|| self.runtime.detached_owned());
-            let live = instantiate_with_backoff(&self.runtime, &self.module, owned, 0).await;
+            // Boxed, as below: instantiating is rare, and its future is
+            // large; inline, every event's future would carry its size.
+            let live = Box::pin(instantiate_with_backoff(
+                &self.runtime,
+                &self.module,
+                owned,
+                0,
+            ))
+            .await;
             if self.module.instance == InstanceMode::Shared {
                 info!(route = %self.module.name, file = %self.module.file.display(), "controller instance started");
             } else {
@@ -450,7 +458,7 @@ impl Actor {
                 }
                 self.consecutive_failures = 0;
             }
-            Err(err) => self.recover(id, err).await,
+            Err(err) => Box::pin(self.recover(id, err)).await,
         }
     }
 
