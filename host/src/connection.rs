@@ -392,9 +392,6 @@ struct Keepalive {
     ping: Option<Duration>,
     idle: Option<Duration>,
     check: tokio::time::Interval,
-    /// A frame arrived since the last check (which then counts as the time
-    /// it was last heard from: no clock read per frame).
-    heard: bool,
     last_received: Instant,
     last_ping: Instant,
 }
@@ -423,7 +420,6 @@ impl Keepalive {
             ping,
             idle,
             check,
-            heard: false,
             last_received: now,
             last_ping: now,
         }
@@ -434,16 +430,13 @@ impl Keepalive {
     }
 
     fn received(&mut self) {
-        self.heard = true;
+        self.last_received = Instant::now();
     }
 
     /// Ready at the next check at which something is due.
     fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
         loop {
             let now = std::task::ready!(self.check.poll_tick(cx));
-            if std::mem::take(&mut self.heard) {
-                self.last_received = now;
-            }
             let quiet = now.saturating_duration_since(self.last_received);
             if self.idle.is_some_and(|idle| quiet >= idle) {
                 return Poll::Ready(Due::IdleClose);
