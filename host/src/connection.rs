@@ -175,6 +175,11 @@ impl ConnHandle {
         self.waker.wake();
     }
 
+    /// Whether frames wait in the queue (a hint: read without the lock).
+    fn has_queued(&self) -> bool {
+        self.queued.load(Ordering::Acquire)
+    }
+
     /// Whether the connection has started closing.
     pub fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
@@ -484,6 +489,8 @@ fn poll_io(
     if !closing_seen && handle.is_closing() {
         return Poll::Ready(Io::ClosingStarted);
     }
+    // Frames were waiting: this wake-up is most likely for writing.
+    let to_write = handle.has_queued();
     if !writer.is_done()
         && let Poll::Ready(exit) = writer.poll(ws, handle, cx)
     {
@@ -495,13 +502,15 @@ fn poll_io(
         return Poll::Pending;
     }
     // Most wake-ups of a busy route's connections are for writing, and a
-    // read attempt costs tungstenite a buffer fill: read when the socket
-    // has data, or when the last read returned a frame (tungstenite may
-    // hold more from the same read, and tokio forgets the socket's
-    // readiness after a short read). A read that finds nothing leaves no
-    // frame behind, so from then on new data is needed, which the socket
-    // reports.
-    if *buffered || ws.get_ref().tcp().poll_read_ready(cx).is_ready() {
+    // read attempt costs tungstenite a buffer fill: after a wake-up that
+    // found frames to write, read only when the socket has data, or when
+    // the last read returned a frame (tungstenite may hold more from the
+    // same read, and tokio forgets the socket's readiness after a short
+    // read). A read that finds nothing leaves no frame behind, so from then
+    // on new data is needed, which the socket reports. A wake-up that found
+    // nothing to write was most likely for reading: read at once, without
+    // asking the socket first.
+    if *buffered || !to_write || ws.get_ref().tcp().poll_read_ready(cx).is_ready() {
         match Pin::new(&mut *ws).poll_next(cx) {
             Poll::Ready(frame) => {
                 *buffered = true;
