@@ -258,6 +258,15 @@ const COPY_BYTES: usize = 1024;
 /// with the next.
 const STAGE_BYTES: usize = 64 << 10;
 
+/// Flags of our sends. On Linux, a send to a peer that is gone fails with
+/// an error instead of raising SIGPIPE only with `MSG_NOSIGNAL` (as std's
+/// own socket writes pass it); elsewhere Rust programs ignore SIGPIPE, and
+/// the sockets of some systems (macOS) carry `SO_NOSIGPIPE` instead.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: std::ffi::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: std::ffi::c_int = 0;
+
 /// Buffers handed to one system call at most (a large frame takes two: its
 /// header and its payload).
 const MAX_SLICES: usize = 32;
@@ -347,8 +356,8 @@ impl Stage {
             let sent = tcp.try_io(Interest::WRITABLE, || {
                 let socket = SockRef::from(tcp);
                 match slices {
-                    [one] => socket.send_with_flags(one, libc::MSG_NOSIGNAL),
-                    _ => socket.send_vectored_with_flags(slices, libc::MSG_NOSIGNAL),
+                    [one] => socket.send_with_flags(one, SEND_FLAGS),
+                    _ => socket.send_vectored_with_flags(slices, SEND_FLAGS),
                 }
             });
             match sent {
