@@ -203,13 +203,16 @@ impl ConnHandle {
         }
         queue.frames.push_back(out);
         queue.bytes += len;
-        self.queued.store(true, Ordering::Release);
+        self.queued.store(true, Ordering::SeqCst);
         drop(queue);
-        // The task clears `in_turn` before it next takes the queue lock, so
-        // a frame pushed after that lock sees the flag clear and wakes it,
-        // and one pushed before is found by that poll. Waking the task from
-        // within its own turn would only poll it once more for nothing.
-        if !self.in_turn.load(Ordering::Acquire) {
+        // Waking the task from within its own turn would only poll it once
+        // more for nothing: it looks at the queue right after. Here we set
+        // `queued` and then read `in_turn`; the task clears `in_turn` and
+        // then reads `queued` (without the lock). All four in one order
+        // (SeqCst), at least one side sees the other's store: either the
+        // task finds this frame, or this sees the turn over and wakes it.
+        // (Release and Acquire alone would let both read the old values.)
+        if !self.in_turn.load(Ordering::SeqCst) {
             self.waker.wake();
         }
         Ok(())
@@ -219,7 +222,8 @@ impl ConnHandle {
     /// close frame when it comes next (nothing is queued after it). One
     /// lock for the lot, none when the queue is empty.
     pub(crate) fn dequeue_into(&self, batch: &mut Vec<Frame>, max: usize) -> Option<CloseFrame> {
-        if !self.queued.load(Ordering::Acquire) {
+        // SeqCst: see `enqueue`.
+        if !self.queued.load(Ordering::SeqCst) {
             return None;
         }
         let mut queue = self.queue();
@@ -553,7 +557,8 @@ fn submit<'a>(
         if let Some(turn) = turn {
             turn.await;
         }
-        handle.in_turn.store(false, Ordering::Release);
+        // SeqCst: see `ConnHandle::enqueue`.
+        handle.in_turn.store(false, Ordering::SeqCst);
     }
 }
 
