@@ -356,8 +356,9 @@ impl Actor {
                 .owned
                 .take()
                 .unwrap_or_else(|| self.runtime.detached_owned());
-            // Boxed, as below: instantiating is rare, and its future is
-            // large; inline, every event's future would carry its size.
+            // Boxed (as `recover` is in `handle`): instantiating is rare,
+            // and its future is large; inline, every event's future would
+            // carry its size.
             let live = Box::pin(instantiate_with_backoff(
                 &self.runtime,
                 &self.module,

@@ -400,6 +400,27 @@ async fn frames_sent_with_the_upgrade_request_are_served() {
     server.stop().await;
 }
 
+/// Messages of [`BIG`] bytes each the half-written-frame tests send: 96 MiB,
+/// more than the socket buffers hold (36 MiB at most here), so the server
+/// writes the echoes in pieces.
+const BIG_MESSAGES: usize = 96;
+const BIG: usize = 1 << 20;
+
+/// Settings under which a connection's outbound queue takes all
+/// [`BIG_MESSAGES`] echoes.
+fn big_echo_config() -> switchyard::Config {
+    let mut config = test_config();
+    config.limits.outbound_queue_bytes = 128 << 20;
+    config
+}
+
+/// Four distinct payloads of [`BIG`] bytes; message `i` carries `i % 4`.
+fn big_payloads() -> Vec<Vec<u8>> {
+    (0..4)
+        .map(|i| (0..BIG).map(|b| ((b + i) % 253) as u8).collect())
+        .collect()
+}
+
 /// A client that sends big messages and pings while it reads nothing fills
 /// the server's socket, so the echoes go out in pieces, each write resuming
 /// inside a frame, while the server keeps reading. The client gets every
@@ -409,33 +430,23 @@ async fn frames_sent_with_the_upgrade_request_are_served() {
 #[tokio::test]
 async fn pings_answered_while_a_frame_is_half_written_keep_the_stream_whole() {
     use futures_util::StreamExt;
-    const MESSAGES: usize = 96;
-    const SIZE: usize = 1 << 20;
-    let mut config = test_config();
-    config.limits.outbound_queue_bytes = 128 << 20;
-    let server = TestServer::start_with(&["echo"], config).await;
+    let server = TestServer::start_with(&["echo"], big_echo_config()).await;
     let ws = server.connect("/echo").await;
     let (mut sink, mut stream) = ws.split();
-    let payloads: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..4)
-            .map(|i| (0..SIZE).map(|b| ((b + i) % 253) as u8).collect())
-            .collect(),
-    );
-    let payload = |i: usize| payloads[i % payloads.len()].clone();
+    let payloads = Arc::new(big_payloads());
     let (sent_half, half) = tokio::sync::oneshot::channel();
     let sender_payloads = payloads.clone();
     let sender = tokio::spawn(async move {
         let mut sent_half = Some(sent_half);
-        for i in 0..MESSAGES {
+        for i in 0..BIG_MESSAGES {
             let bytes = sender_payloads[i % sender_payloads.len()].clone();
             sink.send(Message::binary(bytes)).await.unwrap();
             sink.send(Message::Ping(vec![i as u8].into()))
                 .await
                 .unwrap();
-            if i == MESSAGES / 2 {
+            if i == BIG_MESSAGES / 2 {
                 // Half the echoes (48 MiB) are more than the socket
-                // buffers hold (36 MiB at most here): the server is
-                // writing in pieces by now.
+                // buffers hold: the server is writing in pieces by now.
                 sent_half.take().unwrap().send(()).unwrap();
             }
         }
@@ -443,7 +454,7 @@ async fn pings_answered_while_a_frame_is_half_written_keep_the_stream_whole() {
     });
     half.await.unwrap();
     let (mut echoes, mut pongs) = (0, 0);
-    while echoes < MESSAGES || pongs < MESSAGES {
+    while echoes < BIG_MESSAGES || pongs < BIG_MESSAGES {
         match stream
             .next()
             .await
@@ -451,7 +462,8 @@ async fn pings_answered_while_a_frame_is_half_written_keep_the_stream_whole() {
             .expect("stream broken")
         {
             Message::Binary(bytes) => {
-                assert!(bytes[..] == payload(echoes)[..], "echo {echoes} damaged");
+                let expected = &payloads[echoes % payloads.len()];
+                assert!(bytes[..] == expected[..], "echo {echoes} damaged");
                 echoes += 1;
             }
             Message::Pong(data) => {
@@ -478,28 +490,22 @@ async fn pings_answered_while_a_frame_is_half_written_keep_the_stream_whole() {
 #[tokio::test]
 async fn a_peer_close_while_a_frame_is_half_written_ends_cleanly() {
     use futures_util::StreamExt;
-    const MESSAGES: usize = 96;
-    const SIZE: usize = 1 << 20;
-    let mut config = test_config();
-    config.limits.outbound_queue_bytes = 128 << 20;
-    let server = TestServer::start_with(&["echo"], config).await;
+    let server = TestServer::start_with(&["echo"], big_echo_config()).await;
     let mut ws = server.connect("/echo").await;
-    let payloads: Vec<Vec<u8>> = (0..4)
-        .map(|i| (0..SIZE).map(|b| ((b + i) % 251) as u8).collect())
-        .collect();
-    let payload = |i: usize| &payloads[i % payloads.len()];
-    for i in 0..MESSAGES {
-        ws.send(Message::binary(payload(i).clone())).await.unwrap();
+    let payloads = big_payloads();
+    for i in 0..BIG_MESSAGES {
+        let bytes = payloads[i % payloads.len()].clone();
+        ws.send(Message::binary(bytes)).await.unwrap();
     }
-    // 96 MiB of echoes are more than the socket buffers hold (their
-    // maximum here is 36 MiB), so the server is in the middle of writing
-    // them when the close arrives.
+    // The server is in the middle of writing the echoes when the close
+    // arrives.
     ws.send(Message::Close(None)).await.unwrap();
     let mut echoes = 0;
     loop {
         match ws.next().await {
             Some(Ok(Message::Binary(bytes))) => {
-                assert!(bytes[..] == payload(echoes)[..], "echo {echoes} damaged");
+                let expected = &payloads[echoes % payloads.len()];
+                assert!(bytes[..] == expected[..], "echo {echoes} damaged");
                 echoes += 1;
             }
             Some(Ok(Message::Close(_))) | None => break,
@@ -507,8 +513,33 @@ async fn a_peer_close_while_a_frame_is_half_written_ends_cleanly() {
         }
     }
     assert!(
-        echoes < MESSAGES,
+        echoes < BIG_MESSAGES,
         "every echo arrived: the close came too late to test anything"
     );
+    server.stop().await;
+}
+
+/// A client that vanishes (its socket reset, no close) while the server is
+/// in the middle of writing its echoes: the failed send (or the read that
+/// sees the reset first) ends the connection, its place is given back (the
+/// server allows one connection, so the next client is admitted only
+/// then), and the server serves on. Fails if a failed send is retried.
+#[tokio::test]
+async fn a_peer_that_vanishes_while_a_frame_is_half_written_frees_its_place() {
+    let mut config = big_echo_config();
+    config.limits.max_connections = 1;
+    let server = TestServer::start_with(&["echo"], config).await;
+    let mut ws = server.connect("/echo").await;
+    let payloads = big_payloads();
+    for i in 0..BIG_MESSAGES {
+        let bytes = payloads[i % payloads.len()].clone();
+        ws.send(Message::binary(bytes)).await.unwrap();
+    }
+    assert_eq!(server.refused_status("/echo").await, 503);
+    // Unread echoes in its receive buffer: closing the socket resets it.
+    drop(ws);
+    let mut next = server.connect_when_admitted("/echo", 503).await;
+    send_text(&mut next, "still serving").await;
+    assert_eq!(recv_text(&mut next).await, "still serving");
     server.stop().await;
 }
