@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use futures_util::task::AtomicWaker;
-use futures_util::{Sink, Stream};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::instance::{ControllerHandle, Event};
-use crate::writer::{Frame, Writer, WriterExit, Ws};
+use crate::reader::Reader;
+use crate::writer::{Frame, Writer, WriterExit};
 
 /// Events of one connection that may wait for its busy controller before
 /// the connection's task stops reading (back-pressure to the client).
@@ -477,14 +478,13 @@ fn classify(err: &WsError) -> Option<(u16, String)> {
 }
 
 /// Polls the socket and the queue once: writes what is queued, and reads
-/// the next frame when `reading` allows. `buffered` says whether the last
-/// read returned a frame (see below).
+/// the next frame when `reading` allows.
 fn poll_io(
-    ws: &mut Ws,
+    tcp: &mut TcpStream,
+    reader: &mut Reader,
     handle: &ConnHandle,
     writer: &mut Writer,
     reading: bool,
-    buffered: &mut bool,
     closing_seen: bool,
     cx: &mut Context<'_>,
 ) -> Poll<Io> {
@@ -496,7 +496,7 @@ fn poll_io(
     // Frames were waiting: this wake-up is most likely for writing.
     let to_write = handle.has_queued();
     if !writer.is_done()
-        && let Poll::Ready(exit) = writer.poll(ws, handle, cx)
+        && let Poll::Ready(exit) = writer.poll(tcp, handle, cx)
     {
         return Poll::Ready(Io::Wrote(exit));
     }
@@ -505,28 +505,16 @@ fn poll_io(
     if !reading || handle.events_waiting() >= MAX_EVENTS_WAITING {
         return Poll::Pending;
     }
-    // Most wake-ups of a busy route's connections are for writing, and a
-    // read attempt costs tungstenite a buffer fill: after a wake-up that
-    // found frames to write, read only when the socket has data, or when
-    // the last read returned a frame (tungstenite may hold more from the
-    // same read, and tokio forgets the socket's readiness after a short
-    // read). A read that finds nothing leaves no frame behind, so from then
-    // on new data is needed, which the socket reports. A wake-up that found
-    // nothing to write was most likely for reading: read at once, without
-    // asking the socket first.
-    if *buffered || !to_write || ws.get_ref().tcp().poll_read_ready(cx).is_ready() {
-        match Pin::new(&mut *ws).poll_next(cx) {
-            Poll::Ready(frame) => {
-                *buffered = true;
-                return Poll::Ready(Io::Read(frame));
-            }
-            Poll::Pending => *buffered = false,
-        }
-    } else {
-        // A read also sends the pong or close answer tungstenite could not
-        // write while reading (the socket was full); without one, a flush
-        // does (also once our own writing has ended: the close answer).
-        let _ = Pin::new(&mut *ws).poll_flush(cx);
+    // Most wake-ups of a busy route's connections are for writing: after a
+    // wake-up that found frames to write, read only when bytes already read
+    // wait to be parsed or the socket reports data (tokio forgets the
+    // socket's readiness after a short read, so a drained socket reports
+    // none). A wake-up that found nothing to write was most likely for
+    // reading: read at once, without asking the socket first.
+    if (reader.has_pending() || !to_write || tcp.poll_read_ready(cx).is_ready())
+        && let Poll::Ready(frame) = reader.poll_next(tcp, cx)
+    {
+        return Poll::Ready(Io::Read(frame));
     }
     Poll::Pending
 }
@@ -570,8 +558,13 @@ fn submit<'a>(
     clippy::manual_async_fn,
     reason = "an async fn would copy its arguments into the future a second time"
 )]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is moved into the connection's future once"
+)]
 pub fn run(
-    mut ws: Ws,
+    mut tcp: TcpStream,
+    mut reader: Reader,
     info: Arc<ConnectionInfo>,
     controller: Arc<ControllerHandle>,
     config: Arc<crate::config::Config>,
@@ -600,9 +593,6 @@ pub fn run(
         // The close that on-close reports: whichever side closed first.
         let mut first_close: Option<(u16, String)> = None;
         let mut reading = true;
-        // The last read returned a frame; see `poll_io`. True at first: the
-        // upgrade may have left frames in tungstenite's buffer.
-        let mut buffered = true;
         let mut writer = Writer::new();
         // The peer's deadline to finish closing, set once closing starts.
         // Boxed and made only then: an open connection carries no timer.
@@ -649,11 +639,11 @@ pub fn run(
                 }
                 let closing = close_deadline.is_some();
                 poll_io(
-                    &mut ws,
+                    &mut tcp,
+                    &mut reader,
                     &handle,
                     &mut writer,
                     reading,
-                    &mut buffered,
                     closing,
                     cx,
                 )
@@ -671,24 +661,35 @@ pub fn run(
                                 }
                             }
                             Some(Ok(WsMessage::Close(frame))) => {
-                                // tungstenite has queued its answer and sends
-                                // it as reading goes on; the stream ends next.
-                                // Nothing may be sent after that answer, so
-                                // the write side ends here: a frame half
-                                // written is finished, the queued ones are
-                                // dropped (they would fail and lose the
-                                // answer).
-                                first_close.get_or_insert_with(|| match frame {
-                                    Some(frame) => code_and_reason(&frame),
+                                first_close.get_or_insert_with(|| match &frame {
+                                    Some(frame) => code_and_reason(frame),
                                     None => (CLOSE_NO_STATUS, String::new()),
                                 });
-                                writer.end();
+                                reading = false;
+                                // Nothing is sent after a close frame: the
+                                // queued frames are dropped.
                                 handle.finish();
+                                if writer.close_sent() {
+                                    // The answer to ours: the handshake is
+                                    // complete once ours is written (then
+                                    // the loop ends, as reading is over).
+                                    if writer.is_done() {
+                                        break;
+                                    }
+                                } else {
+                                    // Answered with the same frame once a
+                                    // frame half-written is finished; then
+                                    // the connection ends.
+                                    writer.answer_close(frame.as_ref());
+                                }
                                 arm(&mut close_deadline, close_timeout);
                             }
-                            // Pings are answered by tungstenite, which now
-                            // owes a write; pongs only prove life.
-                            Some(Ok(WsMessage::Ping(_))) => writer.answer_owed(),
+                            // Pings are answered in turn with the queued
+                            // frames (not once closing has started); pongs
+                            // only prove life.
+                            Some(Ok(WsMessage::Ping(payload))) => {
+                                let _ = handle.push(Frame::pong(payload));
+                            }
                             Some(Ok(_)) => {}
                             Some(Err(err)) => {
                                 reading = false;
@@ -728,7 +729,7 @@ pub fn run(
                             first_close.get_or_insert_with(|| code_and_reason(&frame));
                             break;
                         }
-                        WriterExit::Failed => break,
+                        WriterExit::Answered | WriterExit::Failed => break,
                     },
                     // However closing started, the peer gets the close timeout
                     // to finish it, even if it stopped reading and writing.

@@ -20,8 +20,6 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
@@ -31,11 +29,11 @@ use crate::config::Config;
 use crate::connection::{self, ConnectionInfo};
 use crate::handshake::{self, ReadError, Rejection, Request};
 use crate::module::LoadError;
+use crate::reader::Reader;
 use crate::reload::{self, Registry, ReloadEvent, Routes};
 use crate::route::Lease;
 use crate::router::parse_query;
 use crate::runtime::Runtime;
-use crate::writer::Socket;
 
 /// A route as the server serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,31 +342,17 @@ impl Accepted {
             expires_at,
             peer: self.peer,
         };
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(limits.read_buffer_bytes)
-            .max_message_size(Some(limits.max_message_bytes))
-            .max_frame_size(Some(limits.max_frame_bytes))
-            // Data frames bypass tungstenite's write buffer (`writer`); it
-            // writes only pongs, close answers and our close frame, each
-            // at once.
-            .write_buffer_size(0);
         let mut request = request;
-        let leftover = std::mem::take(&mut request.leftover);
+        let reader = Reader::new(std::mem::take(&mut request.leftover), limits);
         // Headers are not needed past the upgrade; do not keep them for the
         // connection's life.
         drop(request);
-        let ws = WebSocketStream::from_partially_read(
-            Socket::new(stream),
-            leftover,
-            Role::Server,
-            Some(ws_config),
-        )
-        .await;
         let controller = lease.handle.clone();
         // The lease (dropping it may drop the instance) and the permit end
         // with the connection, after its on-close.
         Some(Box::pin(connection::run(
-            ws,
+            stream,
+            reader,
             Arc::new(info),
             controller,
             self.config.clone(),

@@ -12,91 +12,24 @@
 //! go from where they are (`sendmsg` with the headers), and a connection
 //! keeps no write buffer of its own.
 //!
-//! tungstenite still owns the protocol: it reads, answers pings and close
-//! frames, and writes our close frame. Two rules keep its bytes and ours
-//! from interleaving on the wire: whatever tungstenite owes (a pong or close
-//! answer queued while reading) is flushed before our next batch, and while
-//! one of our frames is half-written the [`Socket`] it writes through holds
-//! its writes back (tungstenite keeps them and goes on reading, as when the
-//! socket is full).
+//! Control frames go the same way: pongs are queued like data frames (and
+//! count against the same limits), our close frame goes after the queued
+//! frames (or instead of them, when the connection is killed), and the
+//! answer to the peer's close after the frame half-written, if any, so
+//! frames never interleave on the wire.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
-use futures_util::Sink;
 use socket2::SockRef;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 use tracing::debug;
 
 use crate::connection::ConnHandle;
-
-/// A server-side WebSocket over TCP.
-pub type Ws = WebSocketStream<Socket>;
-
-/// The TCP stream as tungstenite sees it: its writes are held back (as if
-/// the socket were full) while one of our frames is half-written.
-pub struct Socket {
-    tcp: TcpStream,
-    /// A frame of ours is half-written: tungstenite may not write now.
-    hold_writes: bool,
-}
-
-impl Socket {
-    /// Wraps an accepted connection.
-    pub fn new(tcp: TcpStream) -> Socket {
-        Socket {
-            tcp,
-            hold_writes: false,
-        }
-    }
-
-    /// The TCP stream.
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
-    }
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if this.hold_writes {
-            // The connection's task writes the rest of our frame when the
-            // socket has room, then lets tungstenite flush: no wake-up is
-            // lost by not registering one here.
-            return Poll::Pending;
-        }
-        Pin::new(&mut this.tcp).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
-    }
-}
 
 /// Frames written per system call at most; between two batches the
 /// connection's task may read.
@@ -107,10 +40,11 @@ const MAX_HEAD: usize = 10;
 
 const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
 
-/// One unfragmented data or ping frame, encoded: its header and its
-/// payload. Cloning it copies the header and shares the payload.
+/// One unfragmented frame, encoded: its header and its payload. Cloning it copies the header and shares the payload.
 #[derive(Clone)]
 pub struct Frame {
     head: [u8; MAX_HEAD],
@@ -156,6 +90,22 @@ impl Frame {
     /// An empty ping.
     pub fn ping() -> Frame {
         Frame::new(OP_PING, Bytes::new())
+    }
+
+    /// The answer to a ping with `payload`.
+    pub fn pong(payload: Bytes) -> Frame {
+        Frame::new(OP_PONG, payload)
+    }
+
+    /// A close frame: its code and reason, or nothing (no status).
+    fn close(close: Option<&CloseFrame>) -> Frame {
+        let payload = close.map_or_else(Bytes::new, |close| {
+            let mut payload = Vec::with_capacity(2 + close.reason.len());
+            payload.extend_from_slice(&u16::from(close.code).to_be_bytes());
+            payload.extend_from_slice(close.reason.as_bytes());
+            Bytes::from(payload)
+        });
+        Frame::new(OP_CLOSE, payload)
     }
 
     /// The payload's size in bytes (what the outbound limits count).
@@ -225,17 +175,10 @@ impl Batch {
         }
     }
 
-    /// Writes the whole batch; ready once it is written (or failed). Holds
-    /// tungstenite's writes while a frame is half-written.
-    fn poll_write(&mut self, socket: &mut Socket, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let result = self.poll_write_tcp(&socket.tcp, cx);
-        socket.hold_writes = !self.is_empty();
-        result
-    }
-
-    fn poll_write_tcp(&mut self, tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Writes the whole batch; ready once it is written (or failed).
+    fn poll_write(&mut self, tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.is_empty() {
-            let written = std::task::ready!(STAGE.with_borrow_mut(|stage| {
+            let written = ready!(STAGE.with_borrow_mut(|stage| {
                 stage.fill(self);
                 stage.poll_send(tcp, &self.frames, cx)
             }))?;
@@ -352,7 +295,7 @@ impl Stage {
         }
         let slices = &slices[..used];
         loop {
-            std::task::ready!(tcp.poll_write_ready(cx))?;
+            ready!(tcp.poll_write_ready(cx))?;
             let sent = tcp.try_io(Interest::WRITABLE, || {
                 let socket = SockRef::from(tcp);
                 match slices {
@@ -376,6 +319,8 @@ pub enum WriterExit {
     Closed(CloseFrame),
     /// Killed: queued frames dropped, this close frame sent.
     Killed(CloseFrame),
+    /// The peer's close is answered: the connection is over.
+    Answered,
     /// The socket failed.
     Failed,
 }
@@ -387,11 +332,10 @@ enum WriteState {
     /// A close frame goes out once the batch is written: after the queued
     /// frames (`killed` false) or instead of them (`killed`).
     Close { frame: CloseFrame, killed: bool },
-    /// The close frame is handed to tungstenite; flush it, then end with
-    /// this.
-    FlushClose(Option<WriterExit>),
-    /// Ended: nothing more is taken from the queue (a frame half-written
-    /// when it ended is still finished).
+    /// The close frame (ours, or our answer to the peer's) is in the batch;
+    /// once it is written, the write side ends with this.
+    Last(Option<WriterExit>),
+    /// Ended: nothing more is taken from the queue.
     Done,
 }
 
@@ -401,9 +345,9 @@ enum WriteState {
 pub struct Writer {
     state: WriteState,
     batch: Batch,
-    /// tungstenite may hold bytes to write: a pong or close answer queued
-    /// while reading. They go out before our next batch.
-    ws_owes: bool,
+    /// Our close frame, or our answer to the peer's, has been queued: no
+    /// other close frame may follow.
+    close_sent: bool,
 }
 
 impl Writer {
@@ -411,7 +355,7 @@ impl Writer {
         Writer {
             state: WriteState::Open,
             batch: Batch::default(),
-            ws_owes: false,
+            close_sent: false,
         }
     }
 
@@ -420,28 +364,30 @@ impl Writer {
         matches!(self.state, WriteState::Done) && self.batch.is_empty()
     }
 
-    /// Takes nothing more from the queue: the peer's close was read, and
-    /// tungstenite sends its answer (as the task reads or flushes) once the
-    /// frame half-written, if any, is finished.
-    pub fn end(&mut self) {
-        self.batch.drop_unstarted();
-        self.state = WriteState::Done;
+    /// Whether a close frame of ours (or our answer to the peer's) is on
+    /// its way or sent.
+    pub fn close_sent(&self) -> bool {
+        self.close_sent
     }
 
-    /// tungstenite was handed a frame it answers (a ping): it owes a write.
-    pub fn answer_owed(&mut self) {
-        self.ws_owes = true;
+    /// The peer closed: drop what has not started, answer with the same
+    /// close frame (after a frame half-written, if any), and end.
+    pub fn answer_close(&mut self, close: Option<&CloseFrame>) {
+        self.batch.drop_unstarted();
+        self.close_sent = true;
+        self.batch.frames.push(Frame::close(close));
+        self.state = WriteState::Last(Some(WriterExit::Answered));
     }
 
     /// Writes what is queued, up to [`WRITE_BATCH`] frames per system
     /// call. Ready when the write side has ended.
     pub fn poll(
         &mut self,
-        ws: &mut Ws,
+        tcp: &TcpStream,
         handle: &ConnHandle,
         cx: &mut Context<'_>,
     ) -> Poll<WriterExit> {
-        match self.poll_inner(ws, handle, cx) {
+        match self.poll_inner(tcp, handle, cx) {
             Poll::Ready(Ok(exit)) => {
                 self.state = WriteState::Done;
                 Poll::Ready(exit)
@@ -458,10 +404,10 @@ impl Writer {
 
     fn poll_inner(
         &mut self,
-        ws: &mut Ws,
+        tcp: &TcpStream,
         handle: &ConnHandle,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<WriterExit, WsError>> {
+    ) -> Poll<io::Result<WriterExit>> {
         loop {
             match &mut self.state {
                 WriteState::Open => {
@@ -474,19 +420,15 @@ impl Writer {
                         };
                         continue;
                     }
-                    std::task::ready!(self.batch.poll_write(ws.get_mut(), cx))?;
-                    if self.ws_owes {
-                        std::task::ready!(Pin::new(&mut *ws).poll_flush(cx))?;
-                        self.ws_owes = false;
-                    }
+                    ready!(self.batch.poll_write(tcp, cx))?;
                     if let Some(frame) = handle.dequeue_into(&mut self.batch.frames, WRITE_BATCH) {
                         self.state = WriteState::Close {
                             frame,
                             killed: false,
                         };
                     }
-                    let full = self.batch.frames.len() == WRITE_BATCH;
-                    std::task::ready!(self.batch.poll_write(ws.get_mut(), cx))?;
+                    let full = self.batch.frames.len() >= WRITE_BATCH;
+                    ready!(self.batch.poll_write(tcp, cx))?;
                     if !matches!(self.state, WriteState::Open) {
                         continue;
                     }
@@ -497,26 +439,21 @@ impl Writer {
                     return Poll::Pending;
                 }
                 WriteState::Close { frame, killed } => {
-                    std::task::ready!(self.batch.poll_write(ws.get_mut(), cx))?;
-                    let mut ws = Pin::new(&mut *ws);
-                    std::task::ready!(ws.as_mut().poll_ready(cx))?;
-                    let frame = frame.clone();
-                    ws.as_mut()
-                        .start_send(WsMessage::Close(Some(frame.clone())))?;
+                    self.batch.frames.push(Frame::close(Some(frame)));
+                    self.close_sent = true;
                     let exit = if *killed {
-                        WriterExit::Killed(frame)
+                        WriterExit::Killed(frame.clone())
                     } else {
-                        WriterExit::Closed(frame)
+                        WriterExit::Closed(frame.clone())
                     };
-                    self.state = WriteState::FlushClose(Some(exit));
+                    self.state = WriteState::Last(Some(exit));
                 }
-                WriteState::FlushClose(exit) => {
-                    std::task::ready!(Pin::new(&mut *ws).poll_flush(cx))?;
-                    let exit = exit.take().expect("close flushed once");
-                    return Poll::Ready(Ok(exit));
+                WriteState::Last(exit) => {
+                    ready!(self.batch.poll_write(tcp, cx))?;
+                    return Poll::Ready(Ok(exit.take().expect("the last frame is written once")));
                 }
                 WriteState::Done => {
-                    std::task::ready!(self.batch.poll_write(ws.get_mut(), cx))?;
+                    ready!(self.batch.poll_write(tcp, cx))?;
                     return Poll::Pending;
                 }
             }
@@ -528,7 +465,7 @@ impl Writer {
 mod tests {
     use super::*;
     use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
     fn wire(frame: &Frame) -> Vec<u8> {
         [frame.head(), &frame.payload[..]].concat()
@@ -562,6 +499,22 @@ mod tests {
         let mut ping = Vec::new();
         WsFrame::ping(Bytes::new()).format(&mut ping).unwrap();
         assert_eq!(wire(&Frame::ping()), ping);
+        let mut pong = Vec::new();
+        WsFrame::pong(Bytes::from_static(b"abc"))
+            .format(&mut pong)
+            .unwrap();
+        assert_eq!(wire(&Frame::pong(Bytes::from_static(b"abc"))), pong);
+        for close in [
+            None,
+            Some(CloseFrame {
+                code: CloseCode::Away,
+                reason: Utf8Bytes::from_static("server shutting down"),
+            }),
+        ] {
+            let mut expected = Vec::new();
+            WsFrame::close(close.clone()).format(&mut expected).unwrap();
+            assert_eq!(wire(&Frame::close(close.as_ref())), expected, "{close:?}");
+        }
     }
 
     #[test]
@@ -630,7 +583,7 @@ mod tests {
         });
         let mut waits = 0;
         std::future::poll_fn(|cx| {
-            let poll = batch.poll_write_tcp(&server, cx);
+            let poll = batch.poll_write(&server, cx);
             waits += usize::from(poll.is_pending());
             poll
         })
@@ -667,7 +620,7 @@ mod tests {
             let mut batch = Batch::default();
             batch.frames.extend(frames.iter().cloned());
             batch.advance(start);
-            std::future::poll_fn(|cx| batch.poll_write_tcp(&server, cx))
+            std::future::poll_fn(|cx| batch.poll_write(&server, cx))
                 .await
                 .unwrap();
             let rest = &mut got[start..];

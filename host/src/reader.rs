@@ -1,0 +1,633 @@
+//! The read side of a connection: client frames parsed straight from the
+//! socket, checked, unmasked and put together into messages.
+//!
+//! A connection keeps no read buffer of its own. Each read goes into a
+//! buffer of the worker thread's ([`RECV`]), up to `limits.read_buffer_bytes`
+//! at a time, so one system call takes a whole 16 KiB message (or several
+//! small ones) and an idle connection holds no buffer at all. A frame that
+//! arrived whole leaves that buffer at once: a small payload is copied out,
+//! a large one is split off without a copy (the thread's buffer is reused
+//! once that payload is dropped, or replaced while it is still held). Only
+//! bytes past the first frame, or a frame that has not fully arrived, are
+//! kept by the connection ([`Reader`]'s `pending`), and its next reads go
+//! there until they are used up.
+//!
+//! The checks are RFC 6455's for a server, with tungstenite's error values
+//! (`connection::classify` turns them into close codes): reserved bits and
+//! opcodes (1002), unmasked client frames (1002), fragmented or oversize
+//! control frames (1002), continuations out of place (1002), frames and
+//! messages over the limits (1009, seen from the header, before the payload
+//! is buffered) and text that is not UTF-8 (1007). Pings, pongs and close
+//! frames are handed to the connection's task, which answers them.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data};
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+
+thread_local! {
+    /// One per thread, so a connection keeps no read buffer between reads.
+    static RECV: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// Payloads up to this size are copied out of the thread's buffer; a larger
+/// one is split off it (no copy) and keeps its part of the buffer until the
+/// message is dropped.
+const COPY_BYTES: usize = 1024;
+
+/// The longest client frame header: 2 bytes, a 64-bit length, the mask.
+const MAX_HEAD: usize = 14;
+
+const OP_CONTINUE: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// A frame's header, checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Head {
+    fin: bool,
+    opcode: u8,
+    mask: [u8; 4],
+    /// Bytes of the header itself.
+    head_len: usize,
+    payload_len: usize,
+}
+
+impl Head {
+    fn frame_len(&self) -> usize {
+        self.head_len + self.payload_len
+    }
+}
+
+/// Reads the header at the start of `buf`: `Ok(None)` when it has not fully
+/// arrived. Every check that needs no payload is made here, as soon as the
+/// bytes it needs are in, so a frame that breaks a rule or a limit is
+/// refused before its payload is buffered.
+fn parse_head(buf: &[u8], max_frame: usize) -> Result<Option<Head>, WsError> {
+    let [b0, b1, ..] = *buf else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        return Err(WsError::Protocol(ProtocolError::NonZeroReservedBits));
+    }
+    let opcode = b0 & 0x0F;
+    if !matches!(
+        opcode,
+        OP_CONTINUE | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
+    ) {
+        return Err(WsError::Protocol(ProtocolError::InvalidOpcode(opcode)));
+    }
+    let fin = b0 & 0x80 != 0;
+    let control = opcode & 0x8 != 0;
+    if control && !fin {
+        return Err(WsError::Protocol(ProtocolError::FragmentedControlFrame));
+    }
+    if b1 & 0x80 == 0 {
+        return Err(WsError::Protocol(ProtocolError::UnmaskedFrameFromClient));
+    }
+    let (len_bytes, short) = match b1 & 0x7F {
+        126 => (2, None),
+        127 => (8, None),
+        len => (0, Some(u64::from(len))),
+    };
+    let mask_at = 2 + len_bytes;
+    let Some(len_field) = buf.get(2..mask_at) else {
+        return Ok(None);
+    };
+    let len = short.unwrap_or_else(|| {
+        let mut be = [0; 8];
+        be[8 - len_bytes..].copy_from_slice(len_field);
+        u64::from_be_bytes(be)
+    });
+    if len > max_frame as u64 {
+        return Err(WsError::Capacity(CapacityError::MessageTooLong {
+            size: usize::try_from(len).unwrap_or(usize::MAX),
+            max_size: max_frame,
+        }));
+    }
+    if control && len > 125 {
+        return Err(WsError::Protocol(ProtocolError::ControlFrameTooBig));
+    }
+    let head_len = mask_at + 4;
+    let Some(mask) = buf.get(mask_at..head_len) else {
+        return Ok(None);
+    };
+    Ok(Some(Head {
+        fin,
+        opcode,
+        mask: mask.try_into().expect("four bytes"),
+        head_len,
+        payload_len: len as usize,
+    }))
+}
+
+/// Removes a client's mask from a whole payload, eight bytes at a time.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("eight bytes")) ^ wide;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    for (byte, m) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= m;
+    }
+}
+
+/// `size` against a message limit, as tungstenite reports it.
+fn check_message(size: usize, max_size: usize) -> Result<(), WsError> {
+    if size > max_size {
+        return Err(WsError::Capacity(CapacityError::MessageTooLong {
+            size,
+            max_size,
+        }));
+    }
+    Ok(())
+}
+
+/// A data message whose frames have not all arrived.
+struct Fragments {
+    text: bool,
+    data: BytesMut,
+}
+
+/// The read side of one connection.
+pub struct Reader {
+    /// Bytes read and not used yet; they start at a frame boundary. Empty
+    /// (and unallocated) most of the time.
+    pending: BytesMut,
+    /// A fragmented message being put together.
+    fragments: Option<Fragments>,
+    read_bytes: usize,
+    max_frame: usize,
+    max_message: usize,
+}
+
+impl Reader {
+    /// A reader starting with `leftover`, what the handshake read past the
+    /// upgrade request.
+    pub fn new(leftover: Vec<u8>, limits: &crate::config::Limits) -> Reader {
+        Reader {
+            pending: BytesMut::from(&leftover[..]),
+            fragments: None,
+            read_bytes: limits.read_buffer_bytes,
+            max_frame: limits.max_frame_bytes,
+            max_message: limits.max_message_bytes,
+        }
+    }
+
+    /// Whether bytes already read wait to be parsed: the next read may
+    /// return a message without the socket having any data.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The next message, ping, pong or close frame from the client; `None`
+    /// when the stream ends (a clean end or not: the caller knows from
+    /// whether a close frame came first).
+    pub fn poll_next(
+        &mut self,
+        tcp: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<WsMessage, WsError>>> {
+        loop {
+            let step = if self.pending.is_empty() {
+                self.poll_fresh(tcp, cx)
+            } else {
+                self.poll_pending(tcp, cx)
+            };
+            match ready!(step) {
+                Step::Frame(head, payload) => {
+                    if let Some(item) = self.frame(head, payload) {
+                        return Poll::Ready(Some(item));
+                    }
+                }
+                Step::Again => {}
+                Step::End => return Poll::Ready(None),
+                Step::Failed(err) => return Poll::Ready(Some(Err(err))),
+            }
+        }
+    }
+
+    /// Nothing is pending: reads into the thread's buffer and takes the
+    /// first frame from it; the rest, if any, becomes pending.
+    fn poll_fresh(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Step> {
+        RECV.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.reserve(self.read_bytes);
+            match ready!(tokio_util::io::poll_read_buf(
+                Pin::new(tcp),
+                cx,
+                &mut (&mut *buf).limit(self.read_bytes)
+            )) {
+                Ok(0) => return Poll::Ready(Step::End),
+                Ok(_) => {}
+                Err(err) => return Poll::Ready(Step::Failed(WsError::Io(err))),
+            }
+            let head = match parse_head(buf, self.max_frame) {
+                Ok(Some(head)) if head.frame_len() <= buf.len() => head,
+                Ok(_) => {
+                    self.pending.extend_from_slice(buf);
+                    return Poll::Ready(Step::Again);
+                }
+                Err(err) => return Poll::Ready(Step::Failed(err)),
+            };
+            let payload = if head.payload_len <= COPY_BYTES {
+                let mut payload = BytesMut::from(&buf[head.head_len..head.frame_len()]);
+                buf.advance(head.frame_len());
+                unmask(&mut payload, head.mask);
+                payload.freeze()
+            } else {
+                buf.advance(head.head_len);
+                let mut payload = buf.split_to(head.payload_len);
+                unmask(&mut payload, head.mask);
+                payload.freeze()
+            };
+            if !buf.is_empty() {
+                self.pending.extend_from_slice(buf);
+            }
+            Poll::Ready(Step::Frame(head, payload))
+        })
+    }
+
+    /// Bytes are pending: takes the frame they start with, reading into
+    /// them (not the thread's buffer) until it is complete.
+    fn poll_pending(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Step> {
+        let head = match parse_head(&self.pending, self.max_frame) {
+            Ok(Some(head)) if head.frame_len() <= self.pending.len() => head,
+            Ok(head) => {
+                // Room for the rest of the frame (or of its header) and for
+                // what may follow it, in one read.
+                let needed = head.map_or(MAX_HEAD, |head| head.frame_len());
+                self.pending
+                    .reserve((needed - self.pending.len()).max(self.read_bytes));
+                return match ready!(tokio_util::io::poll_read_buf(
+                    Pin::new(tcp),
+                    cx,
+                    &mut self.pending
+                )) {
+                    Ok(0) => Poll::Ready(Step::End),
+                    Ok(_) => Poll::Ready(Step::Again),
+                    Err(err) => Poll::Ready(Step::Failed(WsError::Io(err))),
+                };
+            }
+            Err(err) => return Poll::Ready(Step::Failed(err)),
+        };
+        let mut frame = self.pending.split_to(head.frame_len());
+        if self.pending.is_empty() {
+            // Give the memory back: an idle connection holds none.
+            self.pending = BytesMut::new();
+        }
+        frame.advance(head.head_len);
+        unmask(&mut frame, head.mask);
+        Poll::Ready(Step::Frame(head, frame.freeze()))
+    }
+
+    /// What a complete frame means: a message, a control frame, or (`None`)
+    /// a fragment kept for later.
+    fn frame(&mut self, head: Head, payload: Bytes) -> Option<Result<WsMessage, WsError>> {
+        match head.opcode {
+            OP_PING => Some(Ok(WsMessage::Ping(payload))),
+            OP_PONG => Some(Ok(WsMessage::Pong(payload))),
+            OP_CLOSE => Some(close(payload).map(WsMessage::Close)),
+            OP_CONTINUE => {
+                let Some(fragments) = &mut self.fragments else {
+                    return Some(Err(WsError::Protocol(
+                        ProtocolError::UnexpectedContinueFrame,
+                    )));
+                };
+                if let Err(err) =
+                    check_message(fragments.data.len() + payload.len(), self.max_message)
+                {
+                    return Some(Err(err));
+                }
+                fragments.data.extend_from_slice(&payload);
+                if !head.fin {
+                    return None;
+                }
+                let Fragments { text, data } = self.fragments.take().expect("fragments");
+                Some(message(text, data.freeze()))
+            }
+            opcode => {
+                let text = opcode == OP_TEXT;
+                if self.fragments.is_some() {
+                    let data = if text { Data::Text } else { Data::Binary };
+                    return Some(Err(WsError::Protocol(ProtocolError::ExpectedFragment(
+                        data,
+                    ))));
+                }
+                if let Err(err) = check_message(payload.len(), self.max_message) {
+                    return Some(Err(err));
+                }
+                if head.fin {
+                    return Some(message(text, payload));
+                }
+                self.fragments = Some(Fragments {
+                    text,
+                    data: BytesMut::from(&payload[..]),
+                });
+                None
+            }
+        }
+    }
+}
+
+/// What one read step produced.
+enum Step {
+    /// A complete frame, its payload unmasked.
+    Frame(Head, Bytes),
+    /// Bytes were read (or kept) but no frame is complete yet.
+    Again,
+    /// The stream ended.
+    End,
+    Failed(WsError),
+}
+
+/// A complete data message; text must be UTF-8.
+fn message(text: bool, payload: Bytes) -> Result<WsMessage, WsError> {
+    if text {
+        Ok(WsMessage::Text(Utf8Bytes::try_from(payload)?))
+    } else {
+        Ok(WsMessage::Binary(payload))
+    }
+}
+
+/// A close frame's payload: nothing, or a code and a UTF-8 reason. A code
+/// that may not be sent on the wire is reported (and answered) as 1002, as
+/// tungstenite does.
+fn close(payload: Bytes) -> Result<Option<CloseFrame>, WsError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(WsError::Protocol(ProtocolError::InvalidCloseSequence)),
+        _ => {
+            let code = CloseCode::from(u16::from_be_bytes([payload[0], payload[1]]));
+            let reason = Utf8Bytes::try_from(payload.slice(2..))?;
+            if !code.is_allowed() {
+                return Ok(Some(CloseFrame {
+                    code: CloseCode::Protocol,
+                    reason: Utf8Bytes::from_static("Protocol violation"),
+                }));
+            }
+            Ok(Some(CloseFrame { code, reason }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A client frame as it goes on the wire: masked with `MASK`.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![u8::from(fin) << 7 | opcode];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if let Ok(len) = u16::try_from(len) {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&len.to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
+        out
+    }
+
+    fn limits() -> crate::config::Limits {
+        crate::config::Limits {
+            read_buffer_bytes: 4096,
+            max_frame_bytes: 100_000,
+            max_message_bytes: 150_000,
+            ..crate::config::Limits::default()
+        }
+    }
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// Everything the reader returns until it would wait (or the stream
+    /// ends).
+    async fn drain(reader: &mut Reader, tcp: &mut TcpStream) -> Vec<Result<WsMessage, String>> {
+        let mut got = Vec::new();
+        std::future::poll_fn(|cx| {
+            loop {
+                match reader.poll_next(tcp, cx) {
+                    Poll::Ready(Some(item)) => got.push(item.map_err(|e| e.to_string())),
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Ready(()),
+                }
+            }
+        })
+        .await;
+        got
+    }
+
+    #[test]
+    fn unmasking_matches_byte_by_byte() {
+        for len in [0, 1, 3, 7, 8, 9, 15, 16, 17, 100] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let mut masked: Vec<u8> = plain
+                .iter()
+                .zip(MASK.iter().cycle())
+                .map(|(b, m)| b ^ m)
+                .collect();
+            unmask(&mut masked, MASK);
+            assert_eq!(masked, plain, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn headers_are_checked_before_their_payload_arrives() {
+        let max = 1000;
+        let cases: [(&[u8], &str); 7] = [
+            (&[0xC1, 0x80], "reserved"),
+            (&[0x83, 0x80], "opcode"),
+            (&[0x81, 0x05], "unmasked"),
+            (&[0x09, 0x80], "fragmented"),
+            (&[0x89, 0xFE, 0x00, 0x7E], "control frame too big"),
+            (&[0x82, 0xFE, 0x03, 0xE9], "1001 > 1000"),
+            (&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], "message too long"),
+        ];
+        for (bytes, expected) in cases {
+            let err = parse_head(bytes, max).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains(expected), "{bytes:?}: {err}");
+        }
+        // Incomplete headers wait for more.
+        for bytes in [&[0x81][..], &[0x81, 0xFE, 0x01], &[0x81, 0x85, 1, 2, 3]] {
+            assert_eq!(parse_head(bytes, max).unwrap(), None, "{bytes:?}");
+        }
+    }
+
+    /// The same stream of frames, cut at every byte in turn: whatever the
+    /// reads return, the reader yields the same messages.
+    #[tokio::test]
+    async fn frames_cut_anywhere_read_the_same() {
+        let big: Vec<u8> = (0..70_000).map(|i| (i % 251) as u8).collect();
+        let mut wire = Vec::new();
+        wire.extend(client_frame(true, OP_TEXT, b"hello"));
+        wire.extend(client_frame(true, OP_BINARY, &big[..3000]));
+        wire.extend(client_frame(false, OP_TEXT, "hé".as_bytes()));
+        wire.extend(client_frame(true, OP_PING, b"p"));
+        wire.extend(client_frame(true, OP_CONTINUE, "llo wörld".as_bytes()));
+        wire.extend(client_frame(true, OP_BINARY, &big));
+        wire.extend(client_frame(true, OP_CLOSE, &[0x03, 0xE8, b'o', b'k']));
+        let expected = vec![
+            WsMessage::Text("hello".into()),
+            WsMessage::Binary(Bytes::copy_from_slice(&big[..3000])),
+            WsMessage::Ping(Bytes::from_static(b"p")),
+            WsMessage::Text("héllo wörld".into()),
+            WsMessage::Binary(Bytes::from(big.clone())),
+            WsMessage::Close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "ok".into(),
+            })),
+        ];
+        let cuts: Vec<usize> = (0..40)
+            .chain((2990..3030).chain(wire.len() - 80..wire.len()))
+            .collect();
+        for cut in cuts {
+            let (mut client, mut server) = pair().await;
+            let mut reader = Reader::new(Vec::new(), &limits());
+            client.write_all(&wire[..cut]).await.unwrap();
+            client.flush().await.unwrap();
+            tokio::task::yield_now().await;
+            let mut got = drain(&mut reader, &mut server).await;
+            client.write_all(&wire[cut..]).await.unwrap();
+            while got.len() < expected.len() {
+                got.extend(drain(&mut reader, &mut server).await);
+                tokio::task::yield_now().await;
+            }
+            let got: Vec<WsMessage> = got.into_iter().map(Result::unwrap).collect();
+            assert!(got == expected, "cut at byte {cut}");
+            assert!(!reader.has_pending(), "cut at byte {cut}: bytes left over");
+        }
+    }
+
+    /// Bytes the handshake read past the request are the first frames.
+    #[tokio::test]
+    async fn leftover_from_the_handshake_is_read_first() {
+        let (mut client, mut server) = pair().await;
+        let mut leftover = client_frame(true, OP_TEXT, b"early");
+        let second = client_frame(true, OP_TEXT, b"later");
+        leftover.extend_from_slice(&second[..3]);
+        let mut reader = Reader::new(leftover, &limits());
+        client.write_all(&second[3..]).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            got.extend(drain(&mut reader, &mut server).await);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            got,
+            vec![
+                Ok(WsMessage::Text("early".into())),
+                Ok(WsMessage::Text("later".into()))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn messages_break_no_rule_unnoticed() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (client_frame(true, OP_CONTINUE, b"x"), "continue frame"),
+            (
+                [
+                    client_frame(false, OP_TEXT, b"a"),
+                    client_frame(true, OP_BINARY, b"b"),
+                ]
+                .concat(),
+                "fragment",
+            ),
+            (client_frame(true, OP_TEXT, &[0xff, 0xfe]), "utf-8"),
+            (
+                [
+                    client_frame(false, OP_TEXT, &[0xc3]),
+                    client_frame(true, OP_CONTINUE, b"("),
+                ]
+                .concat(),
+                "utf-8",
+            ),
+            (client_frame(true, OP_CLOSE, &[3]), "close"),
+            (client_frame(true, OP_CLOSE, &[0x03, 0xE8, 0xff]), "utf-8"),
+            (
+                [
+                    client_frame(false, OP_BINARY, &vec![0; 90_000]),
+                    client_frame(true, OP_CONTINUE, &vec![0; 90_000]),
+                ]
+                .concat(),
+                "180000",
+            ),
+        ];
+        for (wire, expected) in cases {
+            let (mut client, mut server) = pair().await;
+            let mut reader = Reader::new(Vec::new(), &limits());
+            client.write_all(&wire).await.unwrap();
+            let mut got = Vec::new();
+            while !got.iter().any(Result::is_err) {
+                got.extend(drain(&mut reader, &mut server).await);
+                tokio::task::yield_now().await;
+            }
+            let err = got.into_iter().find_map(Result::err).unwrap();
+            assert!(err.to_lowercase().contains(expected), "{expected}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_code_not_for_the_wire_reads_as_a_protocol_error() {
+        let (mut client, mut server) = pair().await;
+        let mut reader = Reader::new(Vec::new(), &limits());
+        // 1005 (no status) may never be sent.
+        client
+            .write_all(&client_frame(true, OP_CLOSE, &[0x03, 0xED]))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while got.is_empty() {
+            got.extend(drain(&mut reader, &mut server).await);
+            tokio::task::yield_now().await;
+        }
+        let Ok(WsMessage::Close(Some(frame))) = &got[0] else {
+            panic!("{got:?}");
+        };
+        assert_eq!(frame.code, CloseCode::Protocol);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_stream_ends_the_reader() {
+        let (mut client, mut server) = pair().await;
+        let mut reader = Reader::new(Vec::new(), &limits());
+        // Half a frame, then the end.
+        client
+            .write_all(&client_frame(true, OP_TEXT, b"cut short")[..6])
+            .await
+            .unwrap();
+        drop(client);
+        let end = std::future::poll_fn(|cx| reader.poll_next(&mut server, cx));
+        assert!(
+            end.await.is_none(),
+            "a half frame then the end is no message"
+        );
+    }
+}
