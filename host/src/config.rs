@@ -179,8 +179,9 @@ pub struct Limits {
     pub close_timeout_ms: u64,
     /// Time given to connections to close when the server shuts down.
     pub shutdown_timeout_ms: u64,
-    /// Capacity of each connection's read buffer. Small keeps idle
-    /// connections cheap; it grows for large messages as needed.
+    /// Bytes read from a socket per system call at most. They are read
+    /// into a buffer of the worker thread's, not of the connection's, so
+    /// a large value costs no memory per connection.
     pub read_buffer_bytes: usize,
     /// A connection that has received nothing for this long gets a ping
     /// from the server. 0 turns pings off.
@@ -214,7 +215,7 @@ impl Default for Limits {
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
             shutdown_timeout_ms: 10_000,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 64 << 10,
             ping_interval_ms: 30_000,
             idle_timeout_ms: 75_000,
             max_connections: 50_000,
