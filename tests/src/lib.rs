@@ -335,8 +335,13 @@ impl Logs {
 /// Opens a TCP connection and completes a WebSocket upgrade to `path` by
 /// hand, so a test can then read and write raw frames.
 pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
+    raw_upgrade_on(TcpStream::connect(addr).await.unwrap(), path).await
+}
+
+/// [`raw_upgrade`] over a stream the test connected itself (with its own
+/// socket options).
+pub async fn raw_upgrade_on(mut stream: TcpStream, path: &str) -> TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -354,6 +359,26 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> TcpStream {
     let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     stream
+}
+
+/// A client frame as it goes on the wire: FIN set, masked.
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x6d, 0x1b, 0xa2, 0x48];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        len @ 0..126 => out.push(0x80 | len as u8),
+        len @ 126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&MASK);
+    out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
+    out
 }
 
 /// Reads one unmasked server frame: its opcode and payload.
