@@ -424,9 +424,10 @@ fn big_payloads() -> Vec<Vec<u8>> {
 /// A client that sends big messages and pings while it reads nothing fills
 /// the server's socket, so the echoes go out in pieces, each write resuming
 /// inside a frame, while the server keeps reading. The client gets every
-/// echo whole and in order and every pong. (A pong written by tungstenite
-/// inside a half-written frame needs the socket to free up at just the
-/// wrong moment; the writer holds tungstenite's writes so it cannot.)
+/// echo whole and in order and every pong. (A pong written straight to
+/// the socket, beside the writer's batches, would land inside a
+/// half-written frame whenever the socket freed up at just the wrong
+/// moment; pongs go through the outbound queue so they cannot.)
 #[tokio::test]
 async fn pings_answered_while_a_frame_is_half_written_keep_the_stream_whole() {
     use futures_util::StreamExt;
