@@ -182,11 +182,11 @@ impl ControllerHandle {
     /// idle connection does not carry its size). Otherwise the event is
     /// queued, and `conn`'s [`ConnHandle::events_waiting`] counts it until
     /// it has run. Never waits for another connection's event.
-    pub fn submit(
-        self: &Arc<Self>,
+    pub fn submit<'a>(
+        self: &'a Arc<Self>,
         event: Event,
-        conn: &Arc<ConnHandle>,
-    ) -> Option<Pin<Box<impl Future<Output = ()> + Send + '_>>> {
+        conn: &'a Arc<ConnHandle>,
+    ) -> Option<Pin<Box<impl Future<Output = ()> + Send + 'a>>> {
         {
             let mut waiting = self.waiting();
             if waiting.busy {
@@ -209,7 +209,7 @@ impl ControllerHandle {
                 Ok(actor) => actor,
                 Err(_) => self.actor.lock().await,
             };
-            actor.handle(event).await;
+            actor.handle(event, conn).await;
         }))
     }
 
@@ -254,12 +254,12 @@ impl ControllerHandle {
         loop {
             let mut actor = turn.handle.actor.lock().await;
             for _ in 0..DRAIN_BATCH {
-                let Some((event, _ticket)) = turn.handle.next_waiting() else {
+                let Some((event, ticket)) = turn.handle.next_waiting() else {
                     // The instance is free: `next_waiting` said so.
                     turn.armed = false;
                     return;
                 };
-                actor.handle(event).await;
+                actor.handle(event, &ticket.0).await;
             }
             drop(actor);
             tokio::task::yield_now().await;
@@ -377,7 +377,8 @@ impl Actor {
         self.live.as_mut().expect("instance created above")
     }
 
-    async fn handle(&mut self, event: Event) {
+    /// Runs `event` of connection `conn`.
+    async fn handle(&mut self, event: Event, conn: &ConnHandle) {
         if self.retired {
             if let Event::Open { handle, .. } = event {
                 handle.force_close(CloseCode::Away, "controller removed");
@@ -401,7 +402,7 @@ impl Actor {
                 owned.infos.insert(id, info);
                 runtime.arm_budget(store);
                 let result = controller.call_on_open(&mut *store, &record).await;
-                (id, result.map(|reply| self.reply(id, reply)))
+                (id, result.map(|reply| self.reply(conn, reply)))
             }
             Event::Message { id, msg } => {
                 if !store.data().owned.infos.contains_key(&id) {
@@ -411,7 +412,7 @@ impl Actor {
                 let Some(result) = on_message.call(&mut *store, id, &msg).await else {
                     return;
                 };
-                (id, result.map(|reply| self.reply(id, reply)))
+                (id, result.map(|reply| self.reply(conn, reply)))
             }
             Event::Error { id, code, message } => {
                 let owned = &store.data().owned;
@@ -428,7 +429,7 @@ impl Actor {
                 };
                 runtime.arm_budget(store);
                 let result = controller.call_on_error(&mut *store, id, &err).await;
-                let result = result.map(|reply| self.reply(id, reply));
+                let result = result.map(|reply| self.reply(conn, reply));
                 if let Some(handle) = self.store().data().owned.conns.get(&id) {
                     let _ = handle.close(code, &message);
                 }
@@ -468,23 +469,22 @@ impl Actor {
         &mut self.live.as_mut().expect("instance is live").store
     }
 
-    /// Queues a message returned by an event handler for its connection.
-    fn reply(&mut self, id: u64, reply: Option<Message>) {
+    /// Queues a message returned by an event handler for its connection,
+    /// the one whose event it was (the connection's own handle: no lookup
+    /// in the table, where it is for every event but its close).
+    fn reply(&self, conn: &ConnHandle, reply: Option<Message>) {
         let Some(msg) = reply else { return };
         let Some(live) = self.live.as_ref() else {
             return;
         };
-        let state = live.store.data();
-        let Some(handle) = state.owned.conns.get(&id) else {
-            return;
-        };
         let route = &self.module.name;
-        if msg.len() > state.max_message_bytes {
+        let id = conn.id();
+        if msg.len() > live.store.data().max_message_bytes {
             warn!(route = %route, conn = id, bytes = msg.len(),
                 "reply dropped: larger than limits.max_message_bytes");
             return;
         }
-        if let Err(err) = handle.push(msg.into_frame()) {
+        if let Err(err) = conn.push(msg.into_frame()) {
             debug!(route = %route, conn = id, ?err, "reply not queued");
         }
     }
