@@ -23,6 +23,7 @@ mod handshake;
 mod host_api;
 mod instance;
 pub mod module;
+mod opcode;
 mod reader;
 pub mod reload;
 mod route;

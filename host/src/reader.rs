@@ -31,6 +31,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data};
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
+use crate::opcode;
+
 thread_local! {
     /// One per thread, so a connection keeps no read buffer between reads.
     static RECV: RefCell<BytesMut> = RefCell::new(BytesMut::new());
@@ -43,13 +45,6 @@ const COPY_BYTES: usize = 1024;
 
 /// The longest client frame header: 2 bytes, a 64-bit length, the mask.
 const MAX_HEAD: usize = 14;
-
-const OP_CONTINUE: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
 
 /// A frame's header, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,15 +74,20 @@ fn parse_head(buf: &[u8], max_frame: usize) -> Result<Option<Head>, WsError> {
     if b0 & 0x70 != 0 {
         return Err(WsError::Protocol(ProtocolError::NonZeroReservedBits));
     }
-    let opcode = b0 & 0x0F;
+    let op = b0 & 0x0F;
     if !matches!(
-        opcode,
-        OP_CONTINUE | OP_TEXT | OP_BINARY | OP_CLOSE | OP_PING | OP_PONG
+        op,
+        opcode::CONTINUE
+            | opcode::TEXT
+            | opcode::BINARY
+            | opcode::CLOSE
+            | opcode::PING
+            | opcode::PONG
     ) {
-        return Err(WsError::Protocol(ProtocolError::InvalidOpcode(opcode)));
+        return Err(WsError::Protocol(ProtocolError::InvalidOpcode(op)));
     }
     let fin = b0 & 0x80 != 0;
-    let control = opcode & 0x8 != 0;
+    let control = op & 0x8 != 0;
     if control && !fin {
         return Err(WsError::Protocol(ProtocolError::FragmentedControlFrame));
     }
@@ -123,7 +123,7 @@ fn parse_head(buf: &[u8], max_frame: usize) -> Result<Option<Head>, WsError> {
     };
     Ok(Some(Head {
         fin,
-        opcode,
+        opcode: op,
         mask: mask.try_into().expect("four bytes"),
         head_len,
         payload_len: len as usize,
@@ -298,10 +298,10 @@ impl Reader {
     /// a fragment kept for later.
     fn frame(&mut self, head: Head, payload: Bytes) -> Option<Result<WsMessage, WsError>> {
         match head.opcode {
-            OP_PING => Some(Ok(WsMessage::Ping(payload))),
-            OP_PONG => Some(Ok(WsMessage::Pong(payload))),
-            OP_CLOSE => Some(close(payload).map(WsMessage::Close)),
-            OP_CONTINUE => {
+            opcode::PING => Some(Ok(WsMessage::Ping(payload))),
+            opcode::PONG => Some(Ok(WsMessage::Pong(payload))),
+            opcode::CLOSE => Some(close(payload).map(WsMessage::Close)),
+            opcode::CONTINUE => {
                 let Some(fragments) = &mut self.fragments else {
                     return Some(Err(WsError::Protocol(
                         ProtocolError::UnexpectedContinueFrame,
@@ -319,8 +319,8 @@ impl Reader {
                 let Fragments { text, data } = self.fragments.take().expect("fragments");
                 Some(message(text, data.freeze()))
             }
-            opcode => {
-                let text = opcode == OP_TEXT;
+            op => {
+                let text = op == opcode::TEXT;
                 if self.fragments.is_some() {
                     let data = if text { Data::Text } else { Data::Binary };
                     return Some(Err(WsError::Protocol(ProtocolError::ExpectedFragment(
@@ -392,8 +392,8 @@ mod tests {
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
     /// A client frame as it goes on the wire: masked with `MASK`.
-    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![u8::from(fin) << 7 | opcode];
+    fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![u8::from(fin) << 7 | op];
         let len = payload.len();
         if len < 126 {
             out.push(0x80 | len as u8);
@@ -486,13 +486,13 @@ mod tests {
     async fn frames_cut_anywhere_read_the_same() {
         let big: Vec<u8> = (0..70_000).map(|i| (i % 251) as u8).collect();
         let mut wire = Vec::new();
-        wire.extend(client_frame(true, OP_TEXT, b"hello"));
-        wire.extend(client_frame(true, OP_BINARY, &big[..3000]));
-        wire.extend(client_frame(false, OP_TEXT, "hé".as_bytes()));
-        wire.extend(client_frame(true, OP_PING, b"p"));
-        wire.extend(client_frame(true, OP_CONTINUE, "llo wörld".as_bytes()));
-        wire.extend(client_frame(true, OP_BINARY, &big));
-        wire.extend(client_frame(true, OP_CLOSE, &[0x03, 0xE8, b'o', b'k']));
+        wire.extend(client_frame(true, opcode::TEXT, b"hello"));
+        wire.extend(client_frame(true, opcode::BINARY, &big[..3000]));
+        wire.extend(client_frame(false, opcode::TEXT, "hé".as_bytes()));
+        wire.extend(client_frame(true, opcode::PING, b"p"));
+        wire.extend(client_frame(true, opcode::CONTINUE, "llo wörld".as_bytes()));
+        wire.extend(client_frame(true, opcode::BINARY, &big));
+        wire.extend(client_frame(true, opcode::CLOSE, &[0x03, 0xE8, b'o', b'k']));
         let expected = vec![
             WsMessage::Text("hello".into()),
             WsMessage::Binary(Bytes::copy_from_slice(&big[..3000])),
@@ -529,8 +529,8 @@ mod tests {
     #[tokio::test]
     async fn leftover_from_the_handshake_is_read_first() {
         let (mut client, mut server) = pair().await;
-        let mut leftover = client_frame(true, OP_TEXT, b"early");
-        let second = client_frame(true, OP_TEXT, b"later");
+        let mut leftover = client_frame(true, opcode::TEXT, b"early");
+        let second = client_frame(true, opcode::TEXT, b"later");
         leftover.extend_from_slice(&second[..3]);
         let mut reader = Reader::new(leftover, &limits());
         client.write_all(&second[3..]).await.unwrap();
@@ -551,30 +551,33 @@ mod tests {
     #[tokio::test]
     async fn messages_break_no_rule_unnoticed() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (client_frame(true, OP_CONTINUE, b"x"), "continue frame"),
+            (client_frame(true, opcode::CONTINUE, b"x"), "continue frame"),
             (
                 [
-                    client_frame(false, OP_TEXT, b"a"),
-                    client_frame(true, OP_BINARY, b"b"),
+                    client_frame(false, opcode::TEXT, b"a"),
+                    client_frame(true, opcode::BINARY, b"b"),
                 ]
                 .concat(),
                 "fragment",
             ),
-            (client_frame(true, OP_TEXT, &[0xff, 0xfe]), "utf-8"),
+            (client_frame(true, opcode::TEXT, &[0xff, 0xfe]), "utf-8"),
             (
                 [
-                    client_frame(false, OP_TEXT, &[0xc3]),
-                    client_frame(true, OP_CONTINUE, b"("),
+                    client_frame(false, opcode::TEXT, &[0xc3]),
+                    client_frame(true, opcode::CONTINUE, b"("),
                 ]
                 .concat(),
                 "utf-8",
             ),
-            (client_frame(true, OP_CLOSE, &[3]), "close"),
-            (client_frame(true, OP_CLOSE, &[0x03, 0xE8, 0xff]), "utf-8"),
+            (client_frame(true, opcode::CLOSE, &[3]), "close"),
+            (
+                client_frame(true, opcode::CLOSE, &[0x03, 0xE8, 0xff]),
+                "utf-8",
+            ),
             (
                 [
-                    client_frame(false, OP_BINARY, &vec![0; 90_000]),
-                    client_frame(true, OP_CONTINUE, &vec![0; 90_000]),
+                    client_frame(false, opcode::BINARY, &vec![0; 90_000]),
+                    client_frame(true, opcode::CONTINUE, &vec![0; 90_000]),
                 ]
                 .concat(),
                 "180000",
@@ -600,7 +603,7 @@ mod tests {
         let mut reader = Reader::new(Vec::new(), &limits());
         // 1005 (no status) may never be sent.
         client
-            .write_all(&client_frame(true, OP_CLOSE, &[0x03, 0xED]))
+            .write_all(&client_frame(true, opcode::CLOSE, &[0x03, 0xED]))
             .await
             .unwrap();
         let mut got = Vec::new();
@@ -620,7 +623,7 @@ mod tests {
         let mut reader = Reader::new(Vec::new(), &limits());
         // Half a frame, then the end.
         client
-            .write_all(&client_frame(true, OP_TEXT, b"cut short")[..6])
+            .write_all(&client_frame(true, opcode::TEXT, b"cut short")[..6])
             .await
             .unwrap();
         drop(client);

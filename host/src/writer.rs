@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 use tracing::debug;
 
 use crate::connection::ConnHandle;
+use crate::opcode;
 
 /// Frames written per system call at most; between two batches the
 /// connection's task may read.
@@ -38,13 +39,8 @@ pub const WRITE_BATCH: usize = 64;
 /// The longest frame header: 2 bytes and a 64-bit length, no mask.
 const MAX_HEAD: usize = 10;
 
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
-
-/// One unfragmented frame, encoded: its header and its payload. Cloning it copies the header and shares the payload.
+/// One unfragmented frame, encoded: its header and its payload. Cloning it
+/// copies the header and shares the payload.
 #[derive(Clone)]
 pub struct Frame {
     head: [u8; MAX_HEAD],
@@ -53,10 +49,10 @@ pub struct Frame {
 }
 
 impl Frame {
-    fn new(opcode: u8, payload: Bytes) -> Frame {
+    fn new(op: u8, payload: Bytes) -> Frame {
         let mut head = [0; MAX_HEAD];
         // FIN, no extensions: every message is one frame.
-        head[0] = 0x80 | opcode;
+        head[0] = 0x80 | op;
         let len = payload.len();
         let head_len = if len < 126 {
             head[1] = len as u8;
@@ -79,22 +75,22 @@ impl Frame {
 
     /// A text frame.
     pub fn text(text: Utf8Bytes) -> Frame {
-        Frame::new(OP_TEXT, Bytes::from(text))
+        Frame::new(opcode::TEXT, Bytes::from(text))
     }
 
     /// A binary frame.
     pub fn binary(bytes: Bytes) -> Frame {
-        Frame::new(OP_BINARY, bytes)
+        Frame::new(opcode::BINARY, bytes)
     }
 
     /// An empty ping.
     pub fn ping() -> Frame {
-        Frame::new(OP_PING, Bytes::new())
+        Frame::new(opcode::PING, Bytes::new())
     }
 
     /// The answer to a ping with `payload`.
     pub fn pong(payload: Bytes) -> Frame {
-        Frame::new(OP_PONG, payload)
+        Frame::new(opcode::PONG, payload)
     }
 
     /// A close frame: its code and reason, or nothing (no status).
@@ -105,7 +101,7 @@ impl Frame {
             payload.extend_from_slice(close.reason.as_bytes());
             Bytes::from(payload)
         });
-        Frame::new(OP_CLOSE, payload)
+        Frame::new(opcode::CLOSE, payload)
     }
 
     /// The payload's size in bytes (what the outbound limits count).

@@ -131,3 +131,34 @@ async fn pings_from_a_client_that_reads_nothing_end_as_a_slow_consumer() {
     drop(stream);
     server.stop().await;
 }
+
+/// The peer's close is answered with the same frame, and then the
+/// connection ends; a code that may not be sent on the wire (1005 means
+/// "no code", never sent) is a protocol error, answered as 1002.
+#[tokio::test]
+async fn a_close_is_answered_in_kind_and_a_forbidden_code_as_1002() {
+    let server = TestServer::start(&["echo"]).await;
+    for (sent, answer) in [
+        (
+            &[0x10, 0xE1, b'b', b'y', b'e'][..],
+            &[0x10, 0xE1, b'b', b'y', b'e'][..],
+        ),
+        (&[0x03, 0xED][..], &b"\x03\xeaProtocol violation"[..]),
+    ] {
+        let mut stream = raw_upgrade(server.addr, "/echo").await;
+        stream
+            .write_all(&masked_frame(OP_CLOSE, sent))
+            .await
+            .unwrap();
+        let (opcode, data) = tokio::time::timeout(WAIT, read_raw_frame(&mut stream))
+            .await
+            .expect("the close answer");
+        assert_eq!((opcode, &data[..]), (OP_CLOSE, answer), "close {sent:?}");
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest))
+            .await
+            .expect("the connection did not end after the answer");
+        assert!(end.is_ok() && rest.is_empty(), "after the answer: {rest:?}");
+    }
+    server.stop().await;
+}
