@@ -11,6 +11,13 @@
 //!   `Bytes`, so a clone is a reference count) into each. A full queue
 //!   drops that client as a slow consumer instead of growing.
 //!
+//! With a [`Probe`] (`serve-native --wasm echo.wasm`, the kind
+//! `native+wasm` of the compare tool), `/echo` hands each message to the
+//! echo controller through Switchyard's instance and sends back what it
+//! returns, while tokio-tungstenite still reads and writes the socket: the
+//! native server plus the WebAssembly layer, and nothing else of
+//! Switchyard.
+//!
 //! Connections use the same WebSocket settings as Switchyard's defaults
 //! (4 KiB initial read buffer, 1 MiB message and frame limits, 1024-message
 //! outbound queue), so the two servers differ only in how they are built.
@@ -22,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use switchyard::probe::Probe;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -42,8 +50,9 @@ fn ws_config() -> WebSocketConfig {
         .max_frame_size(Some(1 << 20))
 }
 
-/// Serves `/echo` and `/chat/` on `listener` forever.
-pub async fn serve(listener: TcpListener) -> anyhow::Result<()> {
+/// Serves `/echo` and `/chat/` on `listener` forever; `/echo` through
+/// `probe` when given.
+pub async fn serve(listener: TcpListener, probe: Option<Arc<Probe>>) -> anyhow::Result<()> {
     let room = Arc::new(Room::default());
     let next_id = AtomicU64::new(1);
     loop {
@@ -56,7 +65,7 @@ pub async fn serve(listener: TcpListener) -> anyhow::Result<()> {
             }
         };
         let id = next_id.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(connection(stream, id, room.clone()));
+        tokio::spawn(connection(stream, id, room.clone(), probe.clone()));
     }
 }
 
@@ -84,7 +93,7 @@ fn route(request: &Request, id: u64) -> Option<Route> {
     }
 }
 
-async fn connection(stream: TcpStream, id: u64, room: Arc<Room>) {
+async fn connection(stream: TcpStream, id: u64, room: Arc<Room>, probe: Option<Arc<Probe>>) {
     let _ = stream.set_nodelay(true);
     let mut matched = None;
     // The signature tungstenite's handshake callback has.
@@ -104,7 +113,10 @@ async fn connection(stream: TcpStream, id: u64, room: Arc<Room>) {
         return;
     };
     match matched {
-        Some(Route::Echo) => echo(ws).await,
+        Some(Route::Echo) => match probe {
+            Some(probe) => echo_through(ws, &probe).await,
+            None => echo(ws).await,
+        },
         Some(Route::Chat { name }) => chat(ws, id, name, &room).await,
         None => {}
     }
@@ -122,6 +134,25 @@ async fn echo(mut ws: WebSocketStream<TcpStream>) {
             return;
         }
     }
+}
+
+/// `/echo` with each message answered by the controller behind `probe`.
+async fn echo_through(mut ws: WebSocketStream<TcpStream>, probe: &Probe) {
+    let mut conn = probe.open().await;
+    while let Some(Ok(msg)) = ws.next().await {
+        let reply = match msg {
+            Message::Text(_) | Message::Binary(_) => conn.message(msg).await,
+            Message::Close(_) => break,
+            // tungstenite answers pings itself.
+            _ => continue,
+        };
+        if let Some(reply) = reply
+            && ws.send(reply).await.is_err()
+        {
+            break;
+        }
+    }
+    conn.close().await;
 }
 
 /// The chat's connections: each one's outbound queue, by connection id.

@@ -7,7 +7,6 @@
 //! server in its own process gives it its own allocator and lets the parent
 //! read its resident memory and CPU time from `/proc/<pid>`.
 
-use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,6 +22,10 @@ pub enum ServerKind {
     Native,
     /// Switchyard serving the sample controllers.
     Switchyard,
+    /// The native baseline answering `/echo` through the echo controller
+    /// ([`crate::native`] with a probe): what the WebAssembly layer alone
+    /// adds to it.
+    NativeWasm,
 }
 
 impl ServerKind {
@@ -31,6 +34,7 @@ impl ServerKind {
         match self {
             ServerKind::Native => "native",
             ServerKind::Switchyard => "switchyard",
+            ServerKind::NativeWasm => "native+wasm",
         }
     }
 }
@@ -57,17 +61,20 @@ impl ServerProcess {
         let mut command = Command::new(exe);
         match kind {
             ServerKind::Native => command.arg("serve-native"),
+            ServerKind::NativeWasm => command
+                .arg("serve-native")
+                .arg("--wasm")
+                .arg(controllers.join("echo.wasm")),
             ServerKind::Switchyard => command
                 .arg("serve-switchyard")
                 .arg("--controllers")
-                .arg(controllers)
-                .args(
-                    config
-                        .map(|file| [OsStr::new("--config"), file.as_os_str()])
-                        .into_iter()
-                        .flatten(),
-                ),
+                .arg(controllers),
         };
+        if kind != ServerKind::Native
+            && let Some(file) = config
+        {
+            command.arg("--config").arg(file);
+        }
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -176,6 +176,12 @@ impl ConnHandle {
         self.waker.wake();
     }
 
+    /// Wakes `waker` when frames are queued, closing starts or a queued
+    /// event has run (for a probe, which has no connection task).
+    pub(crate) fn register_waker(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
+
     /// Whether frames wait in the queue (a hint: read without the lock).
     fn has_queued(&self) -> bool {
         self.queued.load(Ordering::Acquire)

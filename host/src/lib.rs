@@ -24,6 +24,7 @@ mod host_api;
 mod instance;
 pub mod module;
 mod opcode;
+pub mod probe;
 mod reader;
 pub mod reload;
 mod route;

@@ -265,10 +265,8 @@ pub async fn time_instantiation(
 
 /// Runs `count` `on-message` events carrying a binary message of
 /// `payload` bytes through one instance of the module at `path`, exactly as
-/// a connection's task runs its own event when the instance is free (the
-/// message lowered into the guest, the call, the reply lifted, queued for
-/// the connection and taken off its queue as the writer takes it), with no
-/// socket, and returns the wall time.
+/// a connection's task runs its own event when the instance is free (see
+/// [`crate::probe`]), with no socket, and returns the wall time.
 /// For the benchmarks: it is what the WebAssembly layer adds to every
 /// message, the part a hand-written server does not pay.
 pub async fn time_events(
@@ -277,57 +275,19 @@ pub async fn time_events(
     count: usize,
     payload: usize,
 ) -> anyhow::Result<std::time::Duration> {
-    use crate::connection::{ConnHandle, ConnectionInfo};
-    use crate::instance::{ControllerHandle, Event};
     use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage};
 
-    let config = Arc::new(config);
-    let runtime = Runtime::new(config.clone())?;
-    let (module, _) = load(&runtime, path).await?;
-    let route = module.name.clone();
-    let instance = ControllerHandle::new(
-        runtime.clone(),
-        Arc::new(module),
-        runtime.detached_owned(),
-        None,
-    );
-    let id = 1;
-    let info = Arc::new(ConnectionInfo {
-        id,
-        route: route.clone(),
-        path: format!("/{route}"),
-        params: Vec::new(),
-        query: Vec::new(),
-        user: None,
-        roles: Vec::new(),
-        expires_at: None,
-        peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-    });
-    let conn = Arc::new(ConnHandle::new(id, &config.limits));
-    let open = Event::Open {
-        info,
-        handle: conn.clone(),
-    };
-    if let Some(turn) = instance.submit(open, &conn) {
-        turn.await;
-    }
-    // As the writer takes them, one batch at a time.
-    let mut batch = Vec::new();
-    conn.dequeue_into(&mut batch, usize::MAX);
-    batch.clear();
+    let probe = crate::probe::Probe::load(config, path).await?;
+    let mut conn = probe.open().await;
     let payload = Bytes::from(vec![b'x'; payload]);
     let mut replies = 0;
     let start = std::time::Instant::now();
     for _ in 0..count {
         let msg = WsMessage::Binary(payload.clone());
-        if let Some(turn) = instance.submit(Event::Message { id, msg }, &conn) {
-            turn.await;
-        }
-        conn.dequeue_into(&mut batch, crate::writer::WRITE_BATCH);
-        replies += batch.len();
-        batch.clear();
+        replies += usize::from(conn.message(msg).await.is_some());
     }
     let took = start.elapsed();
+    conn.close().await;
     anyhow::ensure!(
         replies == count,
         "the controller answered {replies} of {count} messages; time it with an echo controller"

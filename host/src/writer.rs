@@ -26,7 +26,7 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tracing::debug;
 
 use crate::connection::ConnHandle;
@@ -102,6 +102,15 @@ impl Frame {
             Bytes::from(payload)
         });
         Frame::new(opcode::CLOSE, payload)
+    }
+
+    /// The message a data frame carries; `None` for a control frame.
+    pub fn into_message(self) -> Option<Message> {
+        match self.head[0] & 0x0f {
+            opcode::TEXT => Utf8Bytes::try_from(self.payload).ok().map(Message::Text),
+            opcode::BINARY => Some(Message::Binary(self.payload)),
+            _ => None,
+        }
     }
 
     /// The payload's size in bytes (what the outbound limits count).

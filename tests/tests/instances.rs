@@ -339,3 +339,37 @@ async fn timed_events_each_reach_the_guest_and_are_answered() {
         "unexpected error: {err:#}"
     );
 }
+
+/// The benchmarks' probe runs the events of many connections on one shared
+/// instance from tasks on two threads: an event that finds the instance
+/// busy waits for the drainer to run it, and every connection gets its own
+/// reply, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_connections_get_their_own_replies_when_events_wait() {
+    use tokio_tungstenite::tungstenite::Message;
+
+    let probe = std::sync::Arc::new(
+        switchyard::probe::Probe::load(test_config(), &module("echo"))
+            .await
+            .expect("echo loads"),
+    );
+    let tasks: Vec<_> = (0..8u8)
+        .map(|n| {
+            let probe = probe.clone();
+            tokio::spawn(async move {
+                let mut conn = probe.open().await;
+                for i in 0..300 {
+                    let text = format!("{n}:{i}");
+                    let reply = conn.message(Message::text(text.clone())).await;
+                    assert_eq!(reply, Some(Message::text(text)), "connection {n}");
+                }
+                let reply = conn.message(Message::binary(vec![n; 3])).await;
+                assert_eq!(reply, Some(Message::binary(vec![n; 3])), "connection {n}");
+                conn.close().await;
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("every connection got its replies");
+    }
+}

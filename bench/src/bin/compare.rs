@@ -12,6 +12,7 @@
 //! Run: `cargo run --release -p switchyard-bench --bin compare [-- --help]`
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -37,9 +38,15 @@ struct Cli {
 /// itself, and an idle client for profiling a server by hand.
 #[derive(Subcommand)]
 enum Child {
-    /// Serve the native baseline on 127.0.0.1:0 until stdin closes.
+    /// Serve the native baseline on 127.0.0.1:0 until stdin closes;
+    /// `/echo` through the controller in FILE when given.
     #[command(hide = true)]
-    ServeNative,
+    ServeNative {
+        #[arg(long, value_name = "FILE")]
+        wasm: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Serve Switchyard with the modules in DIR until stdin closes.
     #[command(hide = true)]
     ServeSwitchyard {
@@ -84,6 +91,12 @@ struct CompareArgs {
     /// Run only one of the servers (for profiling one of them).
     #[arg(long, value_enum)]
     only: Option<Only>,
+    /// In the echo scenarios, also run the native server answering through
+    /// the echo controller (kind native+wasm): splits the gap between the
+    /// two servers into what the WebAssembly layer costs and what the rest
+    /// of Switchyard does.
+    #[arg(long)]
+    native_wasm: bool,
     /// A switchyard.toml whose settings Switchyard runs with (its listen
     /// address, controllers folder and hot reload are overridden).
     /// Default: every setting at its default.
@@ -95,6 +108,7 @@ struct CompareArgs {
 enum Only {
     Native,
     Switchyard,
+    NativeWasm,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -377,11 +391,19 @@ impl Runner {
         outcome.with_context(|| format!("{} against {}", self.title(scenario), kind.name()))
     }
 
-    fn kinds(&self) -> Vec<ServerKind> {
+    /// The servers each round of `scenario` runs, in order.
+    fn kinds(&self, scenario: Scenario) -> Vec<ServerKind> {
+        let echo = matches!(scenario, Scenario::EchoSmall | Scenario::EchoLarge);
         match self.args.only {
+            None if echo && self.args.native_wasm => vec![
+                ServerKind::Native,
+                ServerKind::Switchyard,
+                ServerKind::NativeWasm,
+            ],
             None => vec![ServerKind::Native, ServerKind::Switchyard],
             Some(Only::Native) => vec![ServerKind::Native],
             Some(Only::Switchyard) => vec![ServerKind::Switchyard],
+            Some(Only::NativeWasm) => vec![ServerKind::NativeWasm],
         }
     }
 
@@ -394,7 +416,7 @@ impl Runner {
             Scenario::EchoLarge => 16 << 10,
             Scenario::Broadcast | Scenario::Idle => return Ok(None),
         };
-        if self.kinds().len() != 2 {
+        if self.kinds(scenario).len() < 2 {
             return Ok(None);
         }
         let config = match &self.args.switchyard_config {
@@ -424,7 +446,7 @@ impl Runner {
         let mut rounds = Vec::new();
         for round in 1..=self.args.rounds {
             let mut outcomes = Vec::new();
-            for kind in self.kinds() {
+            for kind in self.kinds(scenario) {
                 let mut outcome = self.run_once(scenario, kind)?;
                 for _ in 0..MAX_REPEATS {
                     match outcome.disturbance() {
@@ -447,8 +469,10 @@ impl Runner {
     }
 }
 
-fn summary(title: &str, scenario: Scenario, rounds: &[Vec<Outcome>], kinds: &[ServerKind]) {
-    let both = kinds.len() == 2;
+/// The summary lines of `scenario`: Switchyard against native when
+/// `paired`, one server's figures otherwise.
+fn summary(title: &str, scenario: Scenario, rounds: &[Vec<Outcome>], paired: bool) {
+    let both = paired;
     for metric in metrics(scenario) {
         let column = |k: usize| median(rounds.iter().map(|r| (metric.value)(&r[k])).collect());
         let first = column(0);
@@ -472,6 +496,38 @@ fn summary(title: &str, scenario: Scenario, rounds: &[Vec<Outcome>], kinds: &[Se
         println!(
             "{title:<36} {:<20} {:>12.3} {:>12.3} {:>7.3}   {verdict}",
             metric.name, first, switchyard, ratio
+        );
+    }
+}
+
+/// For rounds of an echo scenario that ran native, Switchyard and
+/// native+wasm (in that order): messages/s and server CPU per message of
+/// each, what the WebAssembly layer does to the native server, and how
+/// Switchyard compares with that.
+fn attribution(title: &str, rounds: &[Vec<Outcome>]) {
+    let metrics = echo_metrics(Target::None, Target::None);
+    let lines = metrics
+        .iter()
+        .filter(|metric| matches!(metric.name, "msgs/s" | "server us/msg"));
+    for metric in lines {
+        let name = metric.name;
+        let of = |round: &Vec<Outcome>, k: usize| (metric.value)(&round[k]);
+        let column = |k: usize| median(rounds.iter().map(|round| of(round, k)).collect());
+        let ratio = |a: usize, b: usize| {
+            median(
+                rounds
+                    .iter()
+                    .map(|round| of(round, a) / of(round, b))
+                    .collect(),
+            )
+        };
+        println!(
+            "{title:<36} {name:<14} {:>10.1} {:>12.1} {:>10.1} {:>12.3} {:>12.3}",
+            column(0),
+            column(2),
+            column(1),
+            ratio(2, 0),
+            ratio(1, 2)
         );
     }
 }
@@ -570,22 +626,39 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         results.push((scenario, rounds, event_us));
     }
 
-    let kinds = runner.kinds();
+    let paired = runner.args.only.is_none();
     println!("\n== summary: medians over rounds; ratio = median of per-round switchyard / native");
-    if kinds.len() == 2 {
+    if paired {
         println!(
             "{:<36} {:<20} {:>12} {:>12} {:>7}   target",
             "scenario", "metric", "native", "switchyard", "ratio"
         );
     }
     for (scenario, rounds, _) in &results {
-        summary(&runner.title(*scenario), *scenario, rounds, &kinds);
+        summary(&runner.title(*scenario), *scenario, rounds, paired);
+    }
+    let split: Vec<_> = results
+        .iter()
+        .filter(|(_, rounds, _)| rounds.first().is_some_and(|round| round.len() == 3))
+        .collect();
+    if !split.is_empty() {
+        println!(
+            "\n== where the gap is: native+wasm is the native server answering through the echo \
+             controller; medians over rounds, ratios per round"
+        );
+        println!(
+            "{:<36} {:<14} {:>10} {:>12} {:>10} {:>12} {:>12}",
+            "scenario", "metric", "native", "native+wasm", "switchyard", "n+w / native", "sy / n+w"
+        );
+        for (scenario, rounds, _) in split {
+            attribution(&runner.title(*scenario), rounds);
+        }
     }
     let ceilings: Vec<_> = results
         .iter()
         .filter_map(|(scenario, rounds, event_us)| Some((*scenario, rounds, (*event_us)?)))
         .collect();
-    if !ceilings.is_empty() && kinds.first() == Some(&ServerKind::Native) {
+    if !ceilings.is_empty() && paired {
         println!(
             "\n== the WebAssembly layer's floor: one on-message event in-process (echo.wasm, no socket), \
              and the best echo ratio it leaves on this machine"
@@ -619,9 +692,21 @@ fn child(child: Child) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         match child {
-            Child::ServeNative => {
+            Child::ServeNative { wasm, config } => {
+                let probe = match wasm {
+                    Some(file) => {
+                        let config = match config {
+                            Some(config) => switchyard::Config::load(&config)?,
+                            None => switchyard::Config::default(),
+                        };
+                        Some(Arc::new(
+                            switchyard::probe::Probe::load(config, &file).await?,
+                        ))
+                    }
+                    None => None,
+                };
                 println!("listening on {addr}");
-                switchyard_bench::native::serve(listener).await
+                switchyard_bench::native::serve(listener, probe).await
             }
             Child::Hold { .. } => unreachable!("handled above"),
             Child::ServeSwitchyard {
