@@ -235,6 +235,7 @@ impl ConnHandle {
         }
         let mut queue = self.queue();
         let mut close = None;
+        batch.reserve(queue.frames.len().min(max.saturating_sub(batch.len())));
         while batch.len() < max {
             match queue.frames.pop_front() {
                 Some(Outgoing::Frame(frame)) => {

@@ -32,9 +32,12 @@ use tracing::debug;
 use crate::connection::ConnHandle;
 use crate::opcode;
 
-/// Frames written per system call at most; between two batches the
-/// connection's task may read.
-pub const WRITE_BATCH: usize = 64;
+/// Frames taken off the queue per batch at most; between two batches the
+/// connection's task may read. A batch of small frames leaves with one
+/// system call (up to [`STAGE_BYTES`]): 512 chat lines of 64 B are 34 KB.
+/// With 64, a broadcast left in smaller sends and cost the client more
+/// `recv`s per delivery (BENCHMARKS.md, session 8).
+pub const WRITE_BATCH: usize = 512;
 
 /// The longest frame header: 2 bytes and a 64-bit length, no mask.
 const MAX_HEAD: usize = 10;
