@@ -208,8 +208,17 @@ impl ConnHandle {
         {
             return Err(EnqueueError::Full);
         }
+        let was_empty = queue.frames.is_empty();
         queue.frames.push_back(out);
         queue.bytes += len;
+        if !was_empty {
+            // The frame before this one already set `queued` and woke the
+            // task (or found it in its turn), and the task comes back for
+            // whatever it leaves queued (a full batch wakes it again, a full
+            // socket when it drains): a broadcast touches no more of this
+            // connection than its queue.
+            return Ok(());
+        }
         self.queued.store(true, Ordering::SeqCst);
         drop(queue);
         // Waking the task from within its own turn would only poll it once

@@ -162,3 +162,24 @@ async fn a_close_is_answered_in_kind_and_a_forbidden_code_as_1002() {
     }
     server.stop().await;
 }
+
+/// One event queues more frames for its own connection than the writer
+/// takes per batch (512): every one arrives, in order, then the reply. Only
+/// the first frame into an empty queue wakes the connection's task, so this
+/// fails when the writer does not come back for what it left queued. No
+/// pings and no idle timeout: no timer may wake the task instead.
+#[tokio::test]
+async fn more_frames_than_one_batch_all_arrive_in_order() {
+    let mut config = test_config();
+    config.limits.ping_interval_ms = 0;
+    config.limits.idle_timeout_ms = 0;
+    let server = TestServer::start_with(&["probe"], config).await;
+    let mut ws = server.connect("/probe/").await;
+    const FRAMES: usize = 1000;
+    send_text(&mut ws, &format!("burst {FRAMES}")).await;
+    for i in 0..FRAMES {
+        assert_eq!(recv_text(&mut ws).await, i.to_string(), "frame {i}");
+    }
+    assert_eq!(recv_text(&mut ws).await, format!("sent {FRAMES}"));
+    server.stop().await;
+}

@@ -70,6 +70,14 @@ impl Controller for Probe {
                 let body = "x".repeat(n.parse().unwrap_or(0));
                 result(switchyard_sdk::send(id.parse().unwrap_or(u64::MAX), &Message::text(body)))
             }
+            "burst" => {
+                // `n` messages to this connection in one event: "0", "1", …
+                let n: u32 = rest.parse().unwrap_or(0);
+                let sent = (0..n)
+                    .take_while(|i| switchyard_sdk::send(conn.id, &Message::text(i.to_string())).is_ok())
+                    .count();
+                Message::text(format!("sent {sent}"))
+            }
             "broadcast" => result(switchyard_sdk::broadcast(&Message::text(rest), None)),
             "close" => {
                 let mut parts = rest.splitn(3, ' ');
