@@ -7,7 +7,10 @@
 //! memory per connection. Each round starts a fresh server process of each
 //! kind (native first, then Switchyard), runs the scenario against it and
 //! stops it; the summary gives medians over rounds and the median of the
-//! per-round ratios Switchyard / native, with the targets.
+//! per-round ratios Switchyard / native, with the targets. With
+//! `--native-wasm`, each echo round also runs native+wasm (the native
+//! server answering through the echo controller), which splits the echo
+//! gap into the WebAssembly layer and the rest of Switchyard.
 //!
 //! Run: `cargo run --release -p switchyard-bench --bin compare [-- --help]`
 
@@ -71,7 +74,8 @@ struct CompareArgs {
     /// Scenario to run; repeat for several (default: all).
     #[arg(long = "scenario", value_enum)]
     scenarios: Vec<Scenario>,
-    /// Rounds per scenario; each round runs native, then Switchyard.
+    /// Rounds per scenario; each round runs native, then Switchyard (then
+    /// native+wasm, with --native-wasm in an echo scenario).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Seconds of load before each measured window.
