@@ -208,10 +208,12 @@ impl ConnHandle {
         {
             return Err(EnqueueError::Full);
         }
-        let was_empty = queue.frames.is_empty();
+        // A close always wakes the task: it must start the peer's close
+        // deadline even while its writer waits on a full socket.
+        let quiet = !queue.frames.is_empty() && matches!(out, Outgoing::Frame(_));
         queue.frames.push_back(out);
         queue.bytes += len;
-        if !was_empty {
+        if quiet {
             // The frame before this one already set `queued` and woke the
             // task (or found it in its turn), and the task comes back for
             // whatever it leaves queued (a full batch wakes it again, a full

@@ -233,6 +233,10 @@ async fn a_close_to_a_client_that_stopped_reading_ends_within_the_close_timeout(
     let mut config = test_config();
     config.limits.outbound_queue_bytes = 256 << 20;
     config.limits.outbound_queue_messages = 100_000;
+    // No pings and no idle timeout: only the close, queued behind frames
+    // the stalled writer cannot send, may start the close timeout.
+    config.limits.ping_interval_ms = 0;
+    config.limits.idle_timeout_ms = 0;
     let server = TestServer::start_with(&["probe"], config).await;
     let mut watcher = server.connect("/probe/").await;
     // A client that never reads (nor answers a close frame).
