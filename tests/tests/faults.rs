@@ -59,7 +59,12 @@ async fn an_endless_loop_is_stopped_by_the_cpu_budget() {
 #[tokio::test]
 async fn unbounded_allocation_is_stopped_by_the_memory_cap() {
     let logs = logs();
-    let server = TestServer::start_with(&["fault", "echo"], fault_config()).await;
+    let mut config = fault_config();
+    // The cap must be what stops it: filling 64 MiB of fresh pages took
+    // more than the 100 ms budget once on a cold CI machine (the trap was
+    // the budget's interrupt, not the cap).
+    config.sandbox.event_budget_ms = 5_000;
+    let server = TestServer::start_with(&["fault", "echo"], config).await;
     faults_with_1011(&server, "alloc").await;
     logs.wait_for(&["controller failed", "route=fault", "growing memory"])
         .await;
