@@ -476,11 +476,10 @@ impl Runner {
 /// The summary lines of `scenario`: Switchyard against native when
 /// `paired`, one server's figures otherwise.
 fn summary(title: &str, scenario: Scenario, rounds: &[Vec<Outcome>], paired: bool) {
-    let both = paired;
     for metric in metrics(scenario) {
         let column = |k: usize| median(rounds.iter().map(|r| (metric.value)(&r[k])).collect());
         let first = column(0);
-        if !both {
+        if !paired {
             println!("{title:<36} {:<20} {:>12.3}", metric.name, first);
             continue;
         }
