@@ -71,9 +71,106 @@ pub struct Config {
     /// Empty (the default) accepts any origin. A request without an
     /// `Origin` header (not a browser) is never refused for its origin.
     pub allowed_origins: Vec<String>,
+    /// permessage-deflate, for every route unless a route overrides it.
+    pub compression: Compression,
     /// Settings for single routes, by route name (`[routes.chat]`); they
     /// override what the controller declares and the global limits.
     pub routes: BTreeMap<String, RouteConfig>,
+}
+
+/// permessage-deflate (RFC 7692): negotiated with each client that offers
+/// it, within these settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Compression {
+    /// Accept a client's offer of permessage-deflate.
+    pub enabled: bool,
+    /// Messages the server sends that are shorter than this go
+    /// uncompressed (compressing a short message costs more CPU than the
+    /// bytes it saves).
+    pub min_bytes: usize,
+    /// The deflate level, 0 (store) to 9 (smallest, slowest).
+    pub level: u32,
+    /// Keep the server's compression context from one message to the next:
+    /// smaller messages, but about 300 KiB of compressor per connection, and
+    /// a broadcast is compressed once per recipient instead of once.
+    /// Without it (the default) compressors belong to the worker threads.
+    pub server_context_takeover: bool,
+    /// Let clients keep their compression context: smaller messages from
+    /// them, but about 46 KiB of decompressor per connection that sends a
+    /// compressed message. Without it (the default) decompressors belong to
+    /// the worker threads.
+    pub client_context_takeover: bool,
+    /// The largest LZ77 window the server compresses with, 9 to 15 bits (a
+    /// client may ask for less).
+    pub server_max_window_bits: u8,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression {
+            enabled: true,
+            min_bytes: 256,
+            level: 1,
+            server_context_takeover: false,
+            client_context_takeover: false,
+            server_max_window_bits: 15,
+        }
+    }
+}
+
+impl Compression {
+    fn validate(&self, key: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.level <= 9,
+            "`{key}.level` must be 0 to 9, not {}",
+            self.level
+        );
+        anyhow::ensure!(
+            (9..=15).contains(&self.server_max_window_bits),
+            "`{key}.server_max_window_bits` must be 9 to 15, not {}",
+            self.server_max_window_bits
+        );
+        Ok(())
+    }
+}
+
+/// A route's changes to the global `[compression]` settings: each key set
+/// replaces the global one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionOverride {
+    /// See [`Compression::enabled`].
+    pub enabled: Option<bool>,
+    /// See [`Compression::min_bytes`].
+    pub min_bytes: Option<usize>,
+    /// See [`Compression::level`].
+    pub level: Option<u32>,
+    /// See [`Compression::server_context_takeover`].
+    pub server_context_takeover: Option<bool>,
+    /// See [`Compression::client_context_takeover`].
+    pub client_context_takeover: Option<bool>,
+    /// See [`Compression::server_max_window_bits`].
+    pub server_max_window_bits: Option<u8>,
+}
+
+impl CompressionOverride {
+    fn apply(&self, global: &Compression) -> Compression {
+        Compression {
+            enabled: self.enabled.unwrap_or(global.enabled),
+            min_bytes: self.min_bytes.unwrap_or(global.min_bytes),
+            level: self.level.unwrap_or(global.level),
+            server_context_takeover: self
+                .server_context_takeover
+                .unwrap_or(global.server_context_takeover),
+            client_context_takeover: self
+                .client_context_takeover
+                .unwrap_or(global.client_context_takeover),
+            server_max_window_bits: self
+                .server_max_window_bits
+                .unwrap_or(global.server_max_window_bits),
+        }
+    }
 }
 
 /// Settings for one route, found by its name.
@@ -92,6 +189,8 @@ pub struct RouteConfig {
     /// Live instances this route may have at once (a keyed or
     /// per-connection route); overrides `limits.max_instances_per_route`.
     pub max_instances: Option<usize>,
+    /// Changes to the global `[compression]` settings for this route.
+    pub compression: Option<CompressionOverride>,
 }
 
 /// How clients prove who they are: JSON Web Tokens, checked at the upgrade.
@@ -154,6 +253,7 @@ impl Default for Config {
             sandbox: Sandbox::default(),
             auth: Auth::default(),
             allowed_origins: Vec::new(),
+            compression: Compression::default(),
             routes: BTreeMap::new(),
         }
     }
@@ -177,6 +277,12 @@ pub struct Limits {
     pub handshake_timeout_ms: u64,
     /// Time a peer has to answer our close frame before the socket is dropped.
     pub close_timeout_ms: u64,
+    /// After a close the host started while the peer may still be sending
+    /// (a message too large, a protocol error, a slow consumer), the host
+    /// reads and discards up to this many bytes (within `close_timeout_ms`)
+    /// until the peer closes, so that the peer receives the close frame
+    /// rather than a reset. 0 drops the socket at once.
+    pub close_linger_bytes: usize,
     /// Time given to connections to close when the server shuts down.
     pub shutdown_timeout_ms: u64,
     /// Bytes read from a socket per system call at most. They are read
@@ -214,6 +320,7 @@ impl Default for Limits {
             outbound_queue_bytes: 4 << 20,
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
+            close_linger_bytes: 16 << 20,
             shutdown_timeout_ms: 10_000,
             read_buffer_bytes: 64 << 10,
             ping_interval_ms: 30_000,
@@ -348,6 +455,14 @@ impl Config {
         Ok(mode)
     }
 
+    /// The compression settings of route `name`.
+    pub fn route_compression(&self, name: &str) -> Compression {
+        match self.routes.get(name).and_then(|r| r.compression.as_ref()) {
+            Some(changes) => changes.apply(&self.compression),
+            None => self.compression.clone(),
+        }
+    }
+
     /// Live instances route `name` may have at once.
     pub fn route_max_instances(&self, name: &str) -> usize {
         self.routes
@@ -356,13 +471,18 @@ impl Config {
             .unwrap_or(self.limits.max_instances_per_route)
     }
 
-    /// Reads a config file; relative paths in it are taken from its folder.
+    /// Reads a config file; relative paths in it are taken from its folder
+    /// and made absolute, so that every part of the server (the loader, the
+    /// folder watchers, the builder) sees each path in one form, whatever
+    /// the working directory.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|err| anyhow::anyhow!("cannot read config file {}: {err}", path.display()))?;
         let mut config = Config::from_toml(&text)
             .map_err(|err| anyhow::anyhow!("config file {}: {err}", path.display()))?;
-        let base = path.parent().unwrap_or(Path::new(""));
+        let path = std::path::absolute(path)
+            .map_err(|err| anyhow::anyhow!("config file {}: {err}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("/"));
         let resolve = |file: &mut PathBuf| {
             if file.is_relative() {
                 *file = base.join(&*file);
@@ -376,8 +496,27 @@ impl Config {
         Ok(config)
     }
 
+    /// The controllers folder in its one canonical form (absolute, links
+    /// resolved). Module files are named, watched and compared by paths
+    /// under it: notify reports absolute paths under the folder it watches,
+    /// so a relative or differently spelled folder would make the same file
+    /// look like two.
+    pub fn controllers_dir(&self) -> anyhow::Result<PathBuf> {
+        std::fs::canonicalize(&self.controllers).map_err(|err| {
+            anyhow::anyhow!(
+                "cannot read the controllers folder {}: {err}; create it or pass --controllers DIR",
+                self.controllers.display()
+            )
+        })
+    }
+
     /// Checks rules that involve more than one key.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.compression.validate("compression")?;
+        for name in self.routes.keys() {
+            self.route_compression(name)
+                .validate(&format!("routes.{name}.compression"))?;
+        }
         let l = &self.limits;
         let positive = [
             ("limits.max_message_bytes", l.max_message_bytes as u64),
@@ -475,6 +614,60 @@ mod tests {
         let text = include_str!("../../switchyard.toml");
         let config = Config::from_toml(text).unwrap();
         assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.compression, Compression::default());
+        assert_eq!(
+            config.limits.close_linger_bytes,
+            Limits::default().close_linger_bytes
+        );
+    }
+
+    #[test]
+    fn a_route_changes_only_the_compression_keys_it_sets() {
+        let config = Config::from_toml(
+            r#"
+            [compression]
+            level = 6
+            min_bytes = 100
+            [routes.chat.compression]
+            enabled = false
+            [routes.feed.compression]
+            server_max_window_bits = 10
+            "#,
+        )
+        .unwrap();
+        let chat = config.route_compression("chat");
+        assert!(!chat.enabled);
+        assert_eq!((chat.level, chat.min_bytes), (6, 100));
+        let feed = config.route_compression("feed");
+        assert!(feed.enabled);
+        assert_eq!((feed.level, feed.server_max_window_bits), (6, 10));
+        assert_eq!(config.route_compression("echo"), config.compression);
+
+        let err = Config::from_toml(
+            "[compression]
+level = 10
+",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("compression.level"), "{err}");
+        let err = Config::from_toml(
+            "[routes.a.compression]
+server_max_window_bits = 8
+",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("routes.a.compression.server_max_window_bits"),
+            "{err}"
+        );
+        let err = Config::from_toml(
+            "[compression]
+window = 9
+",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("window"), "{err}");
     }
 
     #[test]

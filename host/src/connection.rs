@@ -28,15 +28,15 @@ use std::time::{Duration, SystemTime};
 use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::deflate::{self, Deflate};
 use crate::instance::{ControllerHandle, Event};
-use crate::reader::Reader;
+use crate::reader::{ReadError, Reader};
 use crate::writer::{Frame, Writer, WriterExit};
 
 /// Events of one connection that may wait for its busy controller before
@@ -70,6 +70,8 @@ pub struct ConnectionInfo {
     pub expires_at: Option<std::time::SystemTime>,
     /// The client's address, for logs.
     pub peer: std::net::SocketAddr,
+    /// permessage-deflate, when the client and the route agreed on it.
+    pub deflate: Option<Deflate>,
 }
 
 /// Why a frame could not be queued.
@@ -128,6 +130,9 @@ pub struct ConnHandle {
     /// The connection's task is running one of its own events, and polls
     /// its queue right after: a frame queued meanwhile need not wake it.
     in_turn: AtomicBool,
+    /// permessage-deflate, when agreed: a broadcast hands this connection
+    /// its shared compressed frame.
+    deflate: Option<Deflate>,
 }
 
 /// Why [`ConnHandle::enqueue`] refused.
@@ -137,7 +142,11 @@ enum EnqueueError {
 }
 
 impl ConnHandle {
-    pub(crate) fn new(id: u64, limits: &crate::config::Limits) -> ConnHandle {
+    pub(crate) fn new(
+        id: u64,
+        limits: &crate::config::Limits,
+        deflate: Option<Deflate>,
+    ) -> ConnHandle {
         ConnHandle {
             id,
             queue: Mutex::new(Queue::default()),
@@ -150,6 +159,7 @@ impl ConnHandle {
             killed: AtomicBool::new(false),
             events: AtomicUsize::new(0),
             in_turn: AtomicBool::new(false),
+            deflate,
         }
     }
 
@@ -286,6 +296,22 @@ impl ConnHandle {
         self.queued.store(false, Ordering::Release);
     }
 
+    /// Queues `frame`, one of many recipients' (a broadcast, a publish): a
+    /// connection that agreed on compression gets the compressed frame
+    /// `shared` makes once for all of them, when it can share it; the
+    /// others get the plain frame (and compress it themselves if they keep
+    /// their own context).
+    pub fn push_shared(
+        &self,
+        frame: &Frame,
+        shared: &mut deflate::Shared<'_>,
+    ) -> Result<(), PushError> {
+        match self.deflate.as_ref().and_then(|d| shared.compressed_for(d)) {
+            Some(compressed) => self.push(frame.compressed(compressed)),
+            None => self.push(frame.clone()),
+        }
+    }
+
     /// Queues a data frame. The payload is shared, not copied, so one
     /// broadcast frame is encoded once for all recipients.
     pub fn push(&self, frame: Frame) -> Result<(), PushError> {
@@ -405,7 +431,7 @@ enum Step {
 /// What the connection's socket and queue have for its task.
 enum Io {
     /// A frame from the peer, an error, or the end of the stream.
-    Read(Option<Result<WsMessage, WsError>>),
+    Read(Option<Result<WsMessage, ReadError>>),
     /// The write side ended.
     Wrote(WriterExit),
     /// Closing started (the controller, the idle timeout, the token's
@@ -480,21 +506,6 @@ impl Keepalive {
     }
 }
 
-/// A problem on the read side and the close code it calls for.
-fn classify(err: &WsError) -> Option<(u16, String)> {
-    match err {
-        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((
-            1009,
-            format!("message of {size} bytes exceeds the limit of {max_size} bytes"),
-        )),
-        WsError::Capacity(other) => Some((1009, other.to_string())),
-        WsError::Utf8(detail) => Some((1007, format!("invalid UTF-8 in a text message: {detail}"))),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        WsError::Protocol(protocol) => Some((1002, protocol.to_string())),
-        _ => None,
-    }
-}
-
 /// Polls the socket and the queue once: writes what is queued, and reads
 /// the next frame when `reading` allows.
 fn poll_io(
@@ -535,6 +546,37 @@ fn poll_io(
         return Poll::Ready(Io::Read(frame));
     }
     Poll::Pending
+}
+
+/// A lingering close (as nginx does it): our close frame is written, but
+/// the peer may still be sending (the rest of a message too large, a flood
+/// after a protocol error). Dropping the socket with unread input makes the
+/// kernel answer with a reset, and a peer that gets one before it has read
+/// our close frame throws the frame away and sees 1006 instead of our code.
+/// So: tell the peer we are done writing, and read and discard what it sends
+/// until it closes its side, up to `max_bytes` and `deadline`; then the
+/// socket is dropped.
+async fn linger(mut tcp: TcpStream, mut reader: Reader, deadline: Instant, max_bytes: usize) {
+    use tokio::io::AsyncWriteExt as _;
+    if tcp.shutdown().await.is_err() {
+        return;
+    }
+    let mut discarded = 0;
+    let drained = tokio::time::timeout_at(deadline, async {
+        while discarded < max_bytes {
+            match std::future::poll_fn(|cx| reader.poll_discard(&mut tcp, cx)).await {
+                Ok(0) | Err(_) => return true,
+                Ok(read) => discarded += read,
+            }
+        }
+        false
+    })
+    .await;
+    debug!(
+        discarded,
+        drained = drained == Ok(true),
+        "lingering close done"
+    );
 }
 
 /// Sets the close deadline `timeout` from now.
@@ -594,7 +636,8 @@ pub fn run(
         let id = info.id;
         let route = info.route.clone();
         let expires_at = info.expires_at;
-        let handle = Arc::new(ConnHandle::new(id, limits));
+        let deflate = info.deflate;
+        let handle = Arc::new(ConnHandle::new(id, limits, deflate));
         let close_timeout = limits.close_timeout();
         info!(route = %route, conn = id, peer = %info.peer, path = %info.path, "connection opened");
 
@@ -611,7 +654,11 @@ pub fn run(
         // The close that on-close reports: whichever side closed first.
         let mut first_close: Option<(u16, String)> = None;
         let mut reading = true;
-        let mut writer = Writer::new();
+        // The peer sends nothing more: its close frame or the end of its
+        // stream has been read, or the socket failed. Until then, ending the
+        // connection after our close frame needs a lingering close.
+        let mut peer_done = false;
+        let mut writer = Writer::new(deflate);
         // The peer's deadline to finish closing, set once closing starts.
         // Boxed and made only then: an open connection carries no timer.
         let mut close_deadline: Option<Pin<Box<Sleep>>> = None;
@@ -684,6 +731,7 @@ pub fn run(
                                     None => (CLOSE_NO_STATUS, String::new()),
                                 });
                                 reading = false;
+                                peer_done = true;
                                 // Nothing is sent after a close frame: the
                                 // queued frames are dropped.
                                 handle.finish();
@@ -711,7 +759,7 @@ pub fn run(
                             Some(Ok(_)) => {}
                             Some(Err(err)) => {
                                 reading = false;
-                                match classify(&err) {
+                                match err.close() {
                                     Some((code, message)) => {
                                         warn!(route = %route, conn = id, code, error = %message, "client error");
                                         first_close.get_or_insert_with(|| (code, message.clone()));
@@ -728,11 +776,15 @@ pub fn run(
                                     }
                                     None => {
                                         debug!(route = %route, conn = id, error = %err, "connection dropped");
+                                        peer_done = true;
                                         break;
                                     }
                                 }
                             }
-                            None => break,
+                            None => {
+                                peer_done = true;
+                                break;
+                            }
                         }
                     }
                     Io::Wrote(exit) => match exit {
@@ -747,7 +799,11 @@ pub fn run(
                             first_close.get_or_insert_with(|| code_and_reason(&frame));
                             break;
                         }
-                        WriterExit::Answered | WriterExit::Failed => break,
+                        WriterExit::Answered => break,
+                        WriterExit::Failed => {
+                            peer_done = true;
+                            break;
+                        }
                     },
                     // However closing started, the peer gets the close timeout
                     // to finish it, even if it stopped reading and writing.
@@ -795,6 +851,13 @@ pub fn run(
             }
         })
         .await;
+        if writer.close_sent() && !peer_done && limits.close_linger_bytes > 0 {
+            // Boxed: only a connection that lingers pays for its future.
+            let deadline = close_deadline
+                .take()
+                .map_or_else(|| Instant::now() + close_timeout, |sleep| sleep.deadline());
+            Box::pin(linger(tcp, reader, deadline, limits.close_linger_bytes)).await;
+        }
         drop(keep);
     }
 }

@@ -216,10 +216,18 @@ pub async fn reject(stream: &mut TcpStream, rejection: &Rejection) -> std::io::R
     stream.shutdown().await
 }
 
-/// Completes the upgrade with `101 Switching Protocols`.
-pub async fn accept(stream: &mut TcpStream, key: &str) -> std::io::Result<()> {
+/// Completes the upgrade with `101 Switching Protocols`, with the
+/// extensions agreed on (`Sec-WebSocket-Extensions`), if any.
+pub async fn accept(
+    stream: &mut TcpStream,
+    key: &str,
+    extensions: Option<&str>,
+) -> std::io::Result<()> {
+    let extensions = extensions
+        .map(|value| format!("Sec-WebSocket-Extensions: {value}\r\n"))
+        .unwrap_or_default();
     let response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n{extensions}\r\n",
         derive_accept_key(key.as_bytes())
     );
     stream.write_all(response.as_bytes()).await

@@ -18,6 +18,7 @@ use crate::bindings::switchyard::controller::types::{HostError, LogLevel};
 use crate::bindings::switchyard::controller::{host, types};
 use crate::bindings::{Connection, Message};
 use crate::connection::{ConnHandle, ConnectionInfo, PushError};
+use crate::deflate;
 use crate::route::{MAX_GROUP_NAME, RouteShared};
 use crate::state::{KvStore, SharedKv};
 
@@ -173,11 +174,13 @@ impl host::Host for HostState {
         if msg.len() > self.max_message_bytes {
             return Err(HostError::TooLarge);
         }
-        // One frame; each recipient gets a reference-counted clone.
+        // One frame, and at most one compressed frame; each recipient gets
+        // a reference-counted clone.
         let frame = msg.into_frame();
+        let mut shared = deflate::Shared::new(frame.payload());
         let mut queued = 0;
         for (id, conn) in &self.owned.conns {
-            if Some(*id) != except && conn.push(frame.clone()).is_ok() {
+            if Some(*id) != except && conn.push_shared(&frame, &mut shared).is_ok() {
                 queued += 1;
             }
         }

@@ -18,6 +18,7 @@ mod bindings;
 pub mod builder;
 pub mod config;
 mod connection;
+mod deflate;
 mod guest_log;
 mod handshake;
 mod host_api;
@@ -32,6 +33,7 @@ pub mod router;
 mod runtime;
 mod server;
 mod state;
+mod utf8;
 mod writer;
 
 pub use config::Config;

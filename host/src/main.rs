@@ -89,6 +89,7 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(dir) = &args.controllers {
         config.controllers = dir.clone();
     }
+    config.controllers = config.controllers_dir()?;
     Ok(config)
 }
 
@@ -146,7 +147,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(dir) = args.controllers {
                 config.controllers = dir;
             }
-            build(&config.controllers)
+            build(&config.controllers_dir()?)
         }
         Command::Token(args) => {
             let config = load_config(args.config.as_ref())?;

@@ -66,8 +66,9 @@ impl Probe {
             roles: Vec::new(),
             expires_at: None,
             peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            deflate: None,
         });
-        let conn = Arc::new(ConnHandle::new(id, &self.config.limits));
+        let conn = Arc::new(ConnHandle::new(id, &self.config.limits, None));
         let mut connection = ProbeConnection {
             instance: self.instance.clone(),
             conn: conn.clone(),

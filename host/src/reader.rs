@@ -31,7 +31,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data};
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
+use crate::deflate::{self, Deflate, InflateError};
 use crate::opcode;
+use crate::utf8::Utf8Check;
 
 thread_local! {
     /// One per thread, so a connection keeps no read buffer between reads.
@@ -50,6 +52,8 @@ const MAX_HEAD: usize = 14;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Head {
     fin: bool,
+    /// RSV1: the message this frame starts is compressed.
+    compressed: bool,
     opcode: u8,
     mask: [u8; 4],
     /// Bytes of the header itself.
@@ -67,14 +71,17 @@ impl Head {
 /// arrived. Every check that needs no payload is made here, as soon as the
 /// bytes it needs are in, so a frame that breaks a rule or a limit is
 /// refused before its payload is buffered.
-fn parse_head(buf: &[u8], max_frame: usize) -> Result<Option<Head>, WsError> {
+fn parse_head(buf: &[u8], max_frame: usize, deflate: bool) -> Result<Option<Head>, WsError> {
     let [b0, b1, ..] = *buf else {
         return Ok(None);
     };
-    if b0 & 0x70 != 0 {
+    let op = b0 & 0x0F;
+    // RSV1 marks a compressed message (RFC 7692), on its first frame only,
+    // when permessage-deflate was agreed; no extension defines RSV2 or RSV3.
+    let compressed = b0 & 0x40 != 0;
+    if b0 & 0x30 != 0 || (compressed && !(deflate && matches!(op, opcode::TEXT | opcode::BINARY))) {
         return Err(WsError::Protocol(ProtocolError::NonZeroReservedBits));
     }
-    let op = b0 & 0x0F;
     if !matches!(
         op,
         opcode::CONTINUE
@@ -123,11 +130,27 @@ fn parse_head(buf: &[u8], max_frame: usize) -> Result<Option<Head>, WsError> {
     };
     Ok(Some(Head {
         fin,
+        compressed,
         opcode: op,
         mask: mask.try_into().expect("four bytes"),
         head_len,
         payload_len: len as usize,
     }))
+}
+
+/// Removes a client's mask from the part of a payload that starts `offset`
+/// bytes into it.
+fn unmask_from(part: &mut [u8], mask: [u8; 4], offset: usize) {
+    let turn = offset % 4;
+    unmask(
+        part,
+        [
+            mask[turn],
+            mask[(turn + 1) % 4],
+            mask[(turn + 2) % 4],
+            mask[(turn + 3) % 4],
+        ],
+    );
 }
 
 /// Removes a client's mask from a whole payload, eight bytes at a time.
@@ -156,10 +179,29 @@ fn check_message(size: usize, max_size: usize) -> Result<(), WsError> {
     Ok(())
 }
 
+/// The most bytes a message may take on the wire: the message limit `max`,
+/// and a little more for a compressed one (deflate grows data that does not
+/// compress by about 5 bytes in 16 KiB); what it inflates to is held to the
+/// limit itself.
+fn message_limit(max: usize, compressed: bool) -> usize {
+    if compressed {
+        max + max / 256 + 64
+    } else {
+        max
+    }
+}
+
 /// A data message whose frames have not all arrived.
 struct Fragments {
     text: bool,
+    /// Compressed (permessage-deflate): `data` is inflated once complete.
+    compressed: bool,
     data: BytesMut,
+}
+
+/// Invalid UTF-8 in a text message, as tungstenite reports it.
+fn invalid_utf8() -> WsError {
+    WsError::Utf8(String::from("invalid UTF-8 sequence"))
 }
 
 /// The read side of one connection.
@@ -169,21 +211,40 @@ pub struct Reader {
     pending: BytesMut,
     /// A fragmented message being put together.
     fragments: Option<Fragments>,
+    /// The UTF-8 check of the text message being read: each fragment, and
+    /// each part of a frame that has not fully arrived, is checked as its
+    /// bytes come in, so invalid text fails at once (RFC 6455 §8.1).
+    utf8: Utf8Check,
+    /// Payload bytes at the start of the frame in `pending` (not complete
+    /// yet) that are already unmasked in place and checked as UTF-8.
+    checked: usize,
     read_bytes: usize,
     max_frame: usize,
     max_message: usize,
+    /// permessage-deflate, when the client and the route agreed on it.
+    deflate: Option<Deflate>,
+    /// The decompressor of a client that keeps its compression context.
+    inflater: deflate::Own<flate2::Decompress>,
 }
 
 impl Reader {
     /// A reader starting with `leftover`, what the handshake read past the
     /// upgrade request.
-    pub fn new(leftover: Vec<u8>, limits: &crate::config::Limits) -> Reader {
+    pub fn new(
+        leftover: Vec<u8>,
+        limits: &crate::config::Limits,
+        deflate: Option<Deflate>,
+    ) -> Reader {
         Reader {
             pending: BytesMut::from(&leftover[..]),
             fragments: None,
+            utf8: Utf8Check::default(),
+            checked: 0,
             read_bytes: limits.read_buffer_bytes,
             max_frame: limits.max_frame_bytes,
             max_message: limits.max_message_bytes,
+            deflate,
+            inflater: deflate::Own::default(),
         }
     }
 
@@ -200,7 +261,7 @@ impl Reader {
         &mut self,
         tcp: &mut TcpStream,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<WsMessage, WsError>>> {
+    ) -> Poll<Option<Result<WsMessage, ReadError>>> {
         loop {
             let step = if self.pending.is_empty() {
                 self.poll_fresh(tcp, cx)
@@ -208,8 +269,8 @@ impl Reader {
                 self.poll_pending(tcp, cx)
             };
             match ready!(step) {
-                Step::Frame(head, payload) => {
-                    if let Some(item) = self.frame(head, payload) {
+                Step::Frame(head, payload, checked) => {
+                    if let Some(item) = self.frame(head, payload, checked) {
                         return Poll::Ready(Some(item));
                     }
                 }
@@ -218,6 +279,31 @@ impl Reader {
                 Step::Failed(err) => return Poll::Ready(Some(Err(err))),
             }
         }
+    }
+
+    /// Reads and throws away what the peer sends, for a lingering close:
+    /// once our close frame is out after a read error, nothing the peer
+    /// sends can be used, but leaving it unread would make the kernel answer
+    /// with a reset, and the peer would lose our close frame. Ready with the
+    /// bytes discarded by one read, 0 at the end of the stream.
+    pub fn poll_discard(
+        &mut self,
+        tcp: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        self.pending = BytesMut::new();
+        self.fragments = None;
+        RECV.with_borrow_mut(|buf| {
+            buf.clear();
+            buf.reserve(self.read_bytes);
+            let read = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(tcp),
+                cx,
+                &mut (&mut *buf).limit(self.read_bytes)
+            ));
+            buf.clear();
+            Poll::Ready(read)
+        })
     }
 
     /// Nothing is pending: reads into the thread's buffer and takes the
@@ -233,15 +319,15 @@ impl Reader {
             )) {
                 Ok(0) => return Poll::Ready(Step::End),
                 Ok(_) => {}
-                Err(err) => return Poll::Ready(Step::Failed(WsError::Io(err))),
+                Err(err) => return Poll::Ready(Step::Failed(WsError::Io(err).into())),
             }
-            let head = match parse_head(buf, self.max_frame) {
+            let head = match parse_head(buf, self.max_frame, self.deflate.is_some()) {
                 Ok(Some(head)) if head.frame_len() <= buf.len() => head,
                 Ok(_) => {
                     self.pending.extend_from_slice(buf);
                     return Poll::Ready(Step::Again);
                 }
-                Err(err) => return Poll::Ready(Step::Failed(err)),
+                Err(err) => return Poll::Ready(Step::Failed(err.into())),
             };
             let payload = if head.payload_len <= COPY_BYTES {
                 let mut payload = BytesMut::from(&buf[head.head_len..head.frame_len()]);
@@ -257,16 +343,47 @@ impl Reader {
             if !buf.is_empty() {
                 self.pending.extend_from_slice(buf);
             }
-            Poll::Ready(Step::Frame(head, payload))
+            Poll::Ready(Step::Frame(head, payload, 0))
         })
+    }
+
+    /// Whether the frame `head` starts carries text to check as it arrives.
+    fn carries_text(&self, head: &Head) -> bool {
+        match head.opcode {
+            opcode::TEXT => !head.compressed,
+            opcode::CONTINUE => self
+                .fragments
+                .as_ref()
+                .is_some_and(|f| f.text && !f.compressed),
+            _ => false,
+        }
+    }
+
+    /// Unmasks and checks the part of the text frame in `pending` that has
+    /// arrived since the last look.
+    fn check_partial(&mut self, head: &Head) -> Result<(), WsError> {
+        let arrived = (self.pending.len() - head.head_len).min(head.payload_len);
+        if arrived <= self.checked {
+            return Ok(());
+        }
+        let part = &mut self.pending[head.head_len + self.checked..head.head_len + arrived];
+        unmask_from(part, head.mask, self.checked);
+        self.checked = arrived;
+        self.utf8.feed(part).map_err(|_| invalid_utf8())
     }
 
     /// Bytes are pending: takes the frame they start with, reading into
     /// them (not the thread's buffer) until it is complete.
     fn poll_pending(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Step> {
-        let head = match parse_head(&self.pending, self.max_frame) {
+        let head = match parse_head(&self.pending, self.max_frame, self.deflate.is_some()) {
             Ok(Some(head)) if head.frame_len() <= self.pending.len() => head,
             Ok(head) => {
+                if let Some(head) = &head
+                    && self.carries_text(head)
+                    && let Err(err) = self.check_partial(head)
+                {
+                    return Poll::Ready(Step::Failed(err.into()));
+                }
                 // Room for the rest of the frame (or of its header) and for
                 // what may follow it, in one read.
                 let needed = head.map_or(MAX_HEAD, |head| head.frame_len());
@@ -279,10 +396,10 @@ impl Reader {
                 )) {
                     Ok(0) => Poll::Ready(Step::End),
                     Ok(_) => Poll::Ready(Step::Again),
-                    Err(err) => Poll::Ready(Step::Failed(WsError::Io(err))),
+                    Err(err) => Poll::Ready(Step::Failed(WsError::Io(err).into())),
                 };
             }
-            Err(err) => return Poll::Ready(Step::Failed(err)),
+            Err(err) => return Poll::Ready(Step::Failed(err.into())),
         };
         let mut frame = self.pending.split_to(head.frame_len());
         if self.pending.is_empty() {
@@ -290,34 +407,51 @@ impl Reader {
             self.pending = BytesMut::new();
         }
         frame.advance(head.head_len);
-        unmask(&mut frame, head.mask);
-        Poll::Ready(Step::Frame(head, frame.freeze()))
+        let checked = std::mem::take(&mut self.checked);
+        unmask_from(&mut frame[checked..], head.mask, checked);
+        Poll::Ready(Step::Frame(head, frame.freeze(), checked))
     }
 
     /// What a complete frame means: a message, a control frame, or (`None`)
-    /// a fragment kept for later.
-    fn frame(&mut self, head: Head, payload: Bytes) -> Option<Result<WsMessage, WsError>> {
+    /// a fragment kept for later. The first `checked` bytes of a text
+    /// payload were checked as UTF-8 while the frame arrived.
+    fn frame(
+        &mut self,
+        head: Head,
+        payload: Bytes,
+        checked: usize,
+    ) -> Option<Result<WsMessage, ReadError>> {
         match head.opcode {
             opcode::PING => Some(Ok(WsMessage::Ping(payload))),
             opcode::PONG => Some(Ok(WsMessage::Pong(payload))),
-            opcode::CLOSE => Some(close(payload).map(WsMessage::Close)),
+            opcode::CLOSE => Some(close(payload).map(WsMessage::Close).map_err(Into::into)),
             opcode::CONTINUE => {
                 let Some(fragments) = &mut self.fragments else {
                     return Some(Err(WsError::Protocol(
                         ProtocolError::UnexpectedContinueFrame,
-                    )));
+                    )
+                    .into()));
                 };
-                if let Err(err) =
-                    check_message(fragments.data.len() + payload.len(), self.max_message)
+                let limit = message_limit(self.max_message, fragments.compressed);
+                if let Err(err) = check_message(fragments.data.len() + payload.len(), limit) {
+                    return Some(Err(err.into()));
+                }
+                if fragments.text
+                    && !fragments.compressed
+                    && self.utf8.feed(&payload[checked..]).is_err()
                 {
-                    return Some(Err(err));
+                    return Some(Err(invalid_utf8().into()));
                 }
                 fragments.data.extend_from_slice(&payload);
                 if !head.fin {
                     return None;
                 }
-                let Fragments { text, data } = self.fragments.take().expect("fragments");
-                Some(message(text, data.freeze()))
+                let Fragments {
+                    text,
+                    compressed,
+                    data,
+                } = self.fragments.take().expect("fragments");
+                Some(self.message(text, compressed, data.freeze()))
             }
             op => {
                 let text = op == opcode::TEXT;
@@ -325,42 +459,123 @@ impl Reader {
                     let data = if text { Data::Text } else { Data::Binary };
                     return Some(Err(WsError::Protocol(ProtocolError::ExpectedFragment(
                         data,
-                    ))));
+                    ))
+                    .into()));
                 }
-                if let Err(err) = check_message(payload.len(), self.max_message) {
-                    return Some(Err(err));
+                if let Err(err) = check_message(
+                    payload.len(),
+                    message_limit(self.max_message, head.compressed),
+                ) {
+                    return Some(Err(err.into()));
+                }
+                if text && !head.compressed && self.utf8.feed(&payload[checked..]).is_err() {
+                    return Some(Err(invalid_utf8().into()));
                 }
                 if head.fin {
-                    return Some(message(text, payload));
+                    return Some(self.message(text, head.compressed, payload));
                 }
                 self.fragments = Some(Fragments {
                     text,
+                    compressed: head.compressed,
                     data: BytesMut::from(&payload[..]),
                 });
                 None
             }
         }
     }
+
+    /// A complete data message. A compressed one is inflated (up to the
+    /// message limit) and its text checked whole; every byte of a plain
+    /// text message has already been fed to the UTF-8 check, which must end
+    /// on a whole character.
+    fn message(
+        &mut self,
+        text: bool,
+        compressed: bool,
+        payload: Bytes,
+    ) -> Result<WsMessage, ReadError> {
+        let payload = if compressed {
+            let max = self.max_message;
+            let deflate = self.deflate.as_ref().expect("compressed only when agreed");
+            let inflated = if deflate.client_takeover {
+                self.inflater.inflate(&payload, max)
+            } else {
+                deflate::inflate_alone(&payload, max)
+            };
+            let inflated = Bytes::from(inflated.map_err(|err| match err {
+                InflateError::TooLarge => ReadError::InflatedTooLarge { max },
+                InflateError::Corrupt(reason) => ReadError::Corrupt(reason),
+            })?);
+            if text {
+                self.utf8.feed(&inflated).map_err(|_| invalid_utf8())?;
+            }
+            inflated
+        } else {
+            payload
+        };
+        if !text {
+            return Ok(WsMessage::Binary(payload));
+        }
+        self.utf8.finish().map_err(|_| invalid_utf8())?;
+        // SAFETY: every byte of `payload` went through `self.utf8`, in
+        // order, and the check ended on a character boundary.
+        Ok(WsMessage::Text(unsafe {
+            Utf8Bytes::from_bytes_unchecked(payload)
+        }))
+    }
+}
+
+/// Why reading stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// A frame or message broke a rule or a limit, or the socket failed.
+    #[error(transparent)]
+    Ws(#[from] WsError),
+    /// A compressed message inflates to more than the message limit.
+    #[error("a compressed message inflates to more than the limit of {max} bytes")]
+    InflatedTooLarge {
+        /// The message limit.
+        max: usize,
+    },
+    /// A compressed message is not valid deflate data.
+    #[error("invalid compressed data: {0}")]
+    Corrupt(String),
+}
+
+impl ReadError {
+    /// The close code and reason this calls for; `None` when the
+    /// connection simply dropped (no close frame can reach the peer).
+    pub fn close(&self) -> Option<(u16, String)> {
+        match self {
+            ReadError::Ws(err) => match err {
+                WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((
+                    1009,
+                    format!("message of {size} bytes exceeds the limit of {max_size} bytes"),
+                )),
+                WsError::Capacity(other) => Some((1009, other.to_string())),
+                WsError::Utf8(detail) => {
+                    Some((1007, format!("invalid UTF-8 in a text message: {detail}")))
+                }
+                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+                WsError::Protocol(protocol) => Some((1002, protocol.to_string())),
+                _ => None,
+            },
+            ReadError::InflatedTooLarge { .. } => Some((1009, self.to_string())),
+            ReadError::Corrupt(_) => Some((1007, self.to_string())),
+        }
+    }
 }
 
 /// What one read step produced.
 enum Step {
-    /// A complete frame, its payload unmasked.
-    Frame(Head, Bytes),
+    /// A complete frame, its payload unmasked, and how many of its first
+    /// bytes were checked as UTF-8 while it arrived.
+    Frame(Head, Bytes, usize),
     /// Bytes were read (or kept) but no frame is complete yet.
     Again,
     /// The stream ended.
     End,
-    Failed(WsError),
-}
-
-/// A complete data message; text must be UTF-8.
-fn message(text: bool, payload: Bytes) -> Result<WsMessage, WsError> {
-    if text {
-        Ok(WsMessage::Text(Utf8Bytes::try_from(payload)?))
-    } else {
-        Ok(WsMessage::Binary(payload))
-    }
+    Failed(ReadError),
 }
 
 /// A close frame's payload: nothing, or a code and a UTF-8 reason. A code
@@ -471,12 +686,12 @@ mod tests {
             (&[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0], "message too long"),
         ];
         for (bytes, expected) in cases {
-            let err = parse_head(bytes, max).unwrap_err().to_string();
+            let err = parse_head(bytes, max, false).unwrap_err().to_string();
             assert!(err.to_lowercase().contains(expected), "{bytes:?}: {err}");
         }
         // Incomplete headers wait for more.
         for bytes in [&[0x81][..], &[0x81, 0xFE, 0x01], &[0x81, 0x85, 1, 2, 3]] {
-            assert_eq!(parse_head(bytes, max).unwrap(), None, "{bytes:?}");
+            assert_eq!(parse_head(bytes, max, false).unwrap(), None, "{bytes:?}");
         }
     }
 
@@ -509,7 +724,7 @@ mod tests {
             .collect();
         for cut in cuts {
             let (mut client, mut server) = pair().await;
-            let mut reader = Reader::new(Vec::new(), &limits());
+            let mut reader = Reader::new(Vec::new(), &limits(), None);
             client.write_all(&wire[..cut]).await.unwrap();
             client.flush().await.unwrap();
             tokio::task::yield_now().await;
@@ -532,7 +747,7 @@ mod tests {
         let mut leftover = client_frame(true, opcode::TEXT, b"early");
         let second = client_frame(true, opcode::TEXT, b"later");
         leftover.extend_from_slice(&second[..3]);
-        let mut reader = Reader::new(leftover, &limits());
+        let mut reader = Reader::new(leftover, &limits(), None);
         client.write_all(&second[3..]).await.unwrap();
         let mut got = Vec::new();
         while got.len() < 2 {
@@ -585,7 +800,7 @@ mod tests {
         ];
         for (wire, expected) in cases {
             let (mut client, mut server) = pair().await;
-            let mut reader = Reader::new(Vec::new(), &limits());
+            let mut reader = Reader::new(Vec::new(), &limits(), None);
             client.write_all(&wire).await.unwrap();
             let mut got = Vec::new();
             while !got.iter().any(Result::is_err) {
@@ -600,7 +815,7 @@ mod tests {
     #[tokio::test]
     async fn a_close_code_not_for_the_wire_reads_as_a_protocol_error() {
         let (mut client, mut server) = pair().await;
-        let mut reader = Reader::new(Vec::new(), &limits());
+        let mut reader = Reader::new(Vec::new(), &limits(), None);
         // 1005 (no status) may never be sent.
         client
             .write_all(&client_frame(true, opcode::CLOSE, &[0x03, 0xED]))
@@ -620,7 +835,7 @@ mod tests {
     #[tokio::test]
     async fn the_end_of_the_stream_ends_the_reader() {
         let (mut client, mut server) = pair().await;
-        let mut reader = Reader::new(Vec::new(), &limits());
+        let mut reader = Reader::new(Vec::new(), &limits(), None);
         // Half a frame, then the end.
         client
             .write_all(&client_frame(true, opcode::TEXT, b"cut short")[..6])

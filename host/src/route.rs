@@ -118,10 +118,11 @@ impl RouteShared {
         let Some(members) = state.groups.get(group) else {
             return 0;
         };
+        let mut shared = crate::deflate::Shared::new(frame.payload());
         let mut queued = 0;
         for id in members.iter().filter(|id| Some(**id) != except) {
             if let Some(conn) = state.conns.get(id)
-                && conn.push(frame.clone()).is_ok()
+                && conn.push_shared(frame, &mut shared).is_ok()
             {
                 queued += 1;
             }

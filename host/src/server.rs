@@ -27,6 +27,7 @@ use crate::admission::{Admission, Permit};
 use crate::auth::{Guard, Principal};
 use crate::config::Config;
 use crate::connection::{self, ConnectionInfo};
+use crate::deflate;
 use crate::handshake::{self, ReadError, Rejection, Request};
 use crate::module::LoadError;
 use crate::reader::Reader;
@@ -86,6 +87,8 @@ impl Server {
     /// With `config.hot_reload`, the folder is watched from now on.
     pub async fn new(config: Config) -> anyhow::Result<Server> {
         config.validate()?;
+        let mut config = config;
+        config.controllers = config.controllers_dir()?;
         let config = Arc::new(config);
         let guard = Arc::new(Guard::new(&config)?);
         if config.auth.cookie.is_some() && config.allowed_origins.is_empty() {
@@ -310,7 +313,13 @@ impl Accepted {
                 return None;
             }
         };
-        if let Err(err) = handshake::accept(&mut stream, &admitted.key).await {
+        let module = admitted.lease.route().module();
+        let deflate = deflate::negotiate(
+            request.headers("Sec-WebSocket-Extensions"),
+            &self.config.route_compression(&module.name),
+        );
+        let extensions = deflate.as_ref().map(|(_, response)| response.as_str());
+        if let Err(err) = handshake::accept(&mut stream, &admitted.key, extensions).await {
             debug!(peer = %self.peer, error = %err, "upgrade failed");
             return None;
         }
@@ -341,9 +350,10 @@ impl Accepted {
             roles,
             expires_at,
             peer: self.peer,
+            deflate: deflate.map(|(agreed, _)| agreed),
         };
         let mut request = request;
-        let reader = Reader::new(std::mem::take(&mut request.leftover), limits);
+        let reader = Reader::new(std::mem::take(&mut request.leftover), limits, info.deflate);
         // Headers are not needed past the upgrade; do not keep them for the
         // connection's life.
         drop(request);

@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tracing::debug;
 
 use crate::connection::ConnHandle;
+use crate::deflate::{self, Deflate};
 use crate::opcode;
 
 /// Frames taken off the queue per batch at most; between two batches the
@@ -51,11 +52,19 @@ pub struct Frame {
     payload: Bytes,
 }
 
+/// RSV1: the message is compressed (permessage-deflate).
+const RSV1: u8 = 0x40;
+
 impl Frame {
     fn new(op: u8, payload: Bytes) -> Frame {
+        Frame::with_first_byte(0x80 | op, payload)
+    }
+
+    /// A frame whose first byte is `first` (FIN: every message is one
+    /// frame; the opcode; RSV1 when compressed).
+    fn with_first_byte(first: u8, payload: Bytes) -> Frame {
         let mut head = [0; MAX_HEAD];
-        // FIN, no extensions: every message is one frame.
-        head[0] = 0x80 | op;
+        head[0] = first;
         let len = payload.len();
         let head_len = if len < 126 {
             head[1] = len as u8;
@@ -119,6 +128,22 @@ impl Frame {
     /// The payload's size in bytes (what the outbound limits count).
     pub fn len(&self) -> usize {
         self.payload.len()
+    }
+
+    /// The payload as it goes on the wire.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    /// The same data message with `deflated`, its payload compressed, in
+    /// its place (RSV1 set).
+    pub fn compressed(&self, deflated: Bytes) -> Frame {
+        Frame::with_first_byte(self.head[0] | RSV1, deflated)
+    }
+
+    /// A text or binary frame not compressed yet.
+    fn is_plain_data(&self) -> bool {
+        self.head[0] & RSV1 == 0 && matches!(self.head[0] & 0x0f, opcode::TEXT | opcode::BINARY)
     }
 
     fn head(&self) -> &[u8] {
@@ -356,14 +381,36 @@ pub struct Writer {
     /// Our close frame, or our answer to the peer's, has been queued: no
     /// other close frame may follow.
     close_sent: bool,
+    /// permessage-deflate, when agreed: data frames are compressed as they
+    /// are taken from the queue (a broadcast's arrive compressed already).
+    deflate: Option<Deflate>,
+    /// The connection's own compressor, when the server keeps its context.
+    compressor: deflate::Own<flate2::Compress>,
 }
 
 impl Writer {
-    pub fn new() -> Writer {
+    pub fn new(deflate: Option<Deflate>) -> Writer {
         Writer {
             state: WriteState::Open,
             batch: Batch::default(),
             close_sent: false,
+            deflate,
+            compressor: deflate::Own::default(),
+        }
+    }
+
+    /// Compresses the data frames from `start` on in the batch, in order
+    /// (a compressor that keeps its context must see them in the order the
+    /// peer will).
+    fn compress_from(&mut self, start: usize) {
+        let Some(agreed) = &self.deflate else {
+            return;
+        };
+        for frame in &mut self.batch.frames[start..] {
+            if frame.is_plain_data() && frame.len() >= agreed.min_bytes {
+                let deflated = deflate::compress(agreed, &mut self.compressor, &frame.payload);
+                *frame = frame.compressed(deflated);
+            }
         }
     }
 
@@ -429,12 +476,14 @@ impl Writer {
                         continue;
                     }
                     ready!(self.batch.poll_write(tcp, cx))?;
+                    let start = self.batch.frames.len();
                     if let Some(frame) = handle.dequeue_into(&mut self.batch.frames, WRITE_BATCH) {
                         self.state = WriteState::Close {
                             frame,
                             killed: false,
                         };
                     }
+                    self.compress_from(start);
                     let full = self.batch.frames.len() >= WRITE_BATCH;
                     ready!(self.batch.poll_write(tcp, cx))?;
                     if !matches!(self.state, WriteState::Open) {

@@ -1,17 +1,14 @@
 //! `switchyard up` as a developer uses it: build, serve, pick up an edit to
 //! a controller's source without a restart, and stop cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use support::Process;
 use tokio_tungstenite::tungstenite::Message;
-
-/// Builds can take a while on a cold machine.
-const BUILD_WAIT: Duration = Duration::from_secs(300);
 
 fn source(greeting: &str) -> String {
     format!(
@@ -62,33 +59,6 @@ fn write_crate(dir: &Path) {
     std::fs::write(dir.join("greet/src/lib.rs"), source("hello from v1")).unwrap();
 }
 
-struct Up {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Up {
-    /// Waits for a log line containing `needle`.
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + BUILD_WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no line containing {needle:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn ask(url: &str) -> String {
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     ws.send(Message::text("hi")).await.unwrap();
@@ -104,34 +74,17 @@ async fn ask(url: &str) -> String {
 async fn up_rebuilds_an_edited_controller_and_swaps_it_in() {
     let dir = tempfile::tempdir().unwrap();
     write_crate(dir.path());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["up", "--listen", "127.0.0.1:0", "--controllers"])
-        .arg(dir.path())
-        .env("SWITCHYARD_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-    let up = Up { child, lines };
-    let ready = up.wait_for("listening on ws://");
-    let addr = ready
-        .trim()
-        .trim_start_matches("listening on ws://")
-        .to_owned();
+    let up = Process::start(
+        Path::new("."),
+        &[
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--controllers",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    let addr = up.listening();
     let url = format!("ws://{addr}/greet");
     assert_eq!(ask(&url).await, "hello from v1");
 
@@ -149,11 +102,7 @@ async fn up_rebuilds_an_edited_controller_and_swaps_it_in() {
     ws.send(Message::text("hi")).await.unwrap();
     ws.next().await.unwrap().unwrap();
     let mut up = up;
-    let status = Command::new("kill")
-        .args(["-TERM", &up.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    up.terminate();
     let close = tokio::time::timeout(Duration::from_secs(20), ws.next())
         .await
         .expect("no close frame after SIGTERM")

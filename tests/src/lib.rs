@@ -452,3 +452,50 @@ pub fn newest_open(log: &[String]) -> u64 {
         .max()
         .unwrap_or(0)
 }
+
+/// An outside tool the tests drive (Python with `websockets`, `kosoku`),
+/// found through the variable `scripts/test.sh` sets. Missing, the test
+/// fails and says how to install it: a test that skipped would prove
+/// nothing.
+pub fn outside_tool(variable: &str) -> PathBuf {
+    match std::env::var_os(variable) {
+        Some(path) if Path::new(&path).is_file() => PathBuf::from(path),
+        _ => panic!(
+            "{variable} is not set to an installed tool: run the tests with `scripts/test.sh`, \
+             which installs tests/requirements.txt into target/test-venv, or install them \
+             yourself (python3 -m venv target/test-venv && target/test-venv/bin/pip install \
+             -r tests/requirements.txt) and set SWITCHYARD_TEST_PYTHON=target/test-venv/bin/python \
+             and SWITCHYARD_TEST_KOSOKU=target/test-venv/bin/kosoku"
+        ),
+    }
+}
+
+/// Runs `tests/clients/{script}` with the test Python and `args`; returns
+/// what it printed, one JSON value per line.
+pub async fn python_clients(script: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let python = outside_tool("SWITCHYARD_TEST_PYTHON");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(script);
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python)
+            .arg(&script)
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("the Python clients did not finish")
+    .expect("cannot run the test Python");
+    assert!(
+        output.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}

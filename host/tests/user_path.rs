@@ -1,0 +1,139 @@
+//! The README's commands as a new user runs them: at the root of a copy of
+//! the repository, with the shipped `switchyard.toml` and its relative
+//! `controllers` folder, and no flags but a free port. Hot reload must work
+//! on that default path: an edited source is rebuilt and swapped in under
+//! an open socket (`up`), and a module replaced, deleted and put back is
+//! swapped, retired and served again (`serve`).
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::{Process, edit, repository_copy};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn connect(addr: &str, path: &str) -> Ws {
+    tokio_tungstenite::connect_async(format!("ws://{addr}{path}"))
+        .await
+        .unwrap_or_else(|err| panic!("connecting to {path}: {err}"))
+        .0
+}
+
+async fn recv_text(ws: &mut Ws) -> String {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("nothing received")
+            .expect("connection ended")
+            .expect("read failed");
+        match msg {
+            Message::Text(text) => return text.to_string(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+async fn ask(ws: &mut Ws, text: &str) -> String {
+    ws.send(Message::text(text)).await.unwrap();
+    recv_text(ws).await
+}
+
+/// The HTTP status an upgrade to `path` gets, when it is refused.
+async fn refused(addr: &str, path: &str) -> u16 {
+    match tokio_tungstenite::connect_async(format!("ws://{addr}{path}")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(err) => panic!("{path}: {err}"),
+        Ok(_) => panic!("{path} was upgraded"),
+    }
+}
+
+#[tokio::test]
+async fn up_at_the_repository_root_swaps_in_an_edited_controller() {
+    let root = repository_copy();
+    let up = Process::start(root.path(), &["up", "--listen", "127.0.0.1:0"]);
+    let addr = up.listening();
+
+    let mut old = connect(&addr, "/chat/?name=old").await;
+    assert_eq!(
+        recv_text(&mut old).await,
+        r#"{"data":"Hello world!","type":"system"}"#
+    );
+
+    edit(
+        &root.path().join("controllers/chat/src/lib.rs"),
+        "\"Hello world!\"",
+        "\"Hello from the edit!\"",
+    );
+    up.wait_for_all(&["new version live", "chat.wasm"]);
+
+    // A new client meets the new version; the old socket stayed open and is
+    // served by it too.
+    let mut new = connect(&addr, "/chat/?name=new").await;
+    assert_eq!(
+        recv_text(&mut new).await,
+        r#"{"data":"Hello from the edit!","type":"system"}"#
+    );
+    assert_eq!(recv_text(&mut old).await, r#"{"type":"join","user":"new"}"#);
+    old.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        recv_text(&mut new).await,
+        r#"{"data":"still here","type":"message","user":"old"}"#
+    );
+}
+
+#[tokio::test]
+async fn serve_at_the_repository_root_swaps_retires_and_restores_modules() {
+    let root = repository_copy();
+    assert!(support::run(root.path(), &["build"]).success());
+    let echo = root.path().join("controllers/echo.wasm");
+    let v1 = std::fs::read(&echo).unwrap();
+    let serve = Process::start(root.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    let addr = serve.listening();
+
+    let mut ws = connect(&addr, "/echo").await;
+    assert_eq!(ask(&mut ws, "one").await, "one");
+
+    // Replaced (by `switchyard build`, which renames the new file into
+    // place): swapped under the open socket.
+    edit(
+        &root.path().join("controllers/echo/src/lib.rs"),
+        "Some(msg)",
+        "Some(Message::text(\"v2\"))",
+    );
+    assert!(support::run(root.path(), &["build"]).success());
+    serve.wait_for_all(&["new version live", "echo.wasm"]);
+    assert_eq!(ask(&mut ws, "two").await, "v2");
+
+    // Copied over in place (written, not renamed): swapped back.
+    std::fs::write(&echo, &v1).unwrap();
+    serve.wait_for_all(&["new version live", "echo.wasm"]);
+    assert_eq!(ask(&mut ws, "three").await, "three");
+
+    // Deleted: the open socket gets 1001, a new client 404.
+    std::fs::remove_file(&echo).unwrap();
+    let close = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("no close after the module was deleted")
+        .expect("connection ended without a close frame")
+        .unwrap();
+    match close {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    serve.wait_for_all(&["route retired", "echo.wasm"]);
+    assert_eq!(refused(&addr, "/echo").await, 404);
+
+    // Put back: served again (not refused as a conflict with itself).
+    std::fs::write(&echo, &v1).unwrap();
+    serve.wait_for_all(&["new version live", "echo.wasm"]);
+    let mut ws = connect(&addr, "/echo").await;
+    assert_eq!(ask(&mut ws, "four").await, "four");
+}

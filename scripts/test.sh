@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test, installing first what the tests need and this machine
+# lacks: the wasm32-wasip2 target (rustup) and the Python tools the
+# conformance and outside-client tests drive (the Autobahn cases through
+# `kosoku`, Python's `websockets` client), in a virtual environment under
+# target/. CI (.ci/run) calls this script; so can you, on a fresh machine.
+# Arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    rustup target add wasm32-wasip2
+fi
+
+venv="${SWITCHYARD_TEST_VENV:-$PWD/target/test-venv}"
+requirements="tests/requirements.txt"
+stamp="$venv/.requirements"
+if ! cmp -s "$requirements" "$stamp" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+    cp "$requirements" "$stamp"
+fi
+export SWITCHYARD_TEST_PYTHON="$venv/bin/python"
+export SWITCHYARD_TEST_KOSOKU="$venv/bin/kosoku"
+
+cargo test --workspace "$@"

@@ -1,0 +1,73 @@
+//! Clients we did not write, against a real server: Python's `websockets`
+//! (the library most Python users reach for). A close code counts only if
+//! that client actually received it.
+
+use switchyard_tests::*;
+
+/// The default close timeout: 20 clients writing 2 MiB each on a loaded
+/// test machine may need more than the test config's 500 ms.
+fn config() -> Config {
+    let mut config = test_config();
+    config.limits.close_timeout_ms = 5_000;
+    config
+}
+
+/// 20 `websockets` clients, compression off, each sending 2 MiB to `/echo`
+/// (1 MiB limit): all 20 receive 1009 and its reason (the host reads and
+/// drops the rest of each message instead of resetting the connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_sending_too_much_receive_1009() {
+    let server = TestServer::start_with(&["echo"], config()).await;
+    let url = server.url("/echo");
+    let results = python_clients("too_large.py", &[&url, "20", "2097152", "off"]).await;
+    assert_eq!(results.len(), 20);
+    for result in results {
+        assert_eq!(result["code"], 1009, "{result}");
+        assert_eq!(
+            result["reason"], "message of 2097152 bytes exceeds the limit of 1048576 bytes",
+            "{result}"
+        );
+    }
+    server.stop().await;
+}
+
+/// The same with the client's default compression: 2 MiB of one byte
+/// compress to a few KB, and the host stops inflating at the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_sending_a_compressed_bomb_receive_1009() {
+    let server = TestServer::start_with(&["echo"], config()).await;
+    let url = server.url("/echo");
+    let results = python_clients("too_large.py", &[&url, "20", "2097152", "on"]).await;
+    assert_eq!(results.len(), 20);
+    for result in results {
+        assert_eq!(result["code"], 1009, "{result}");
+        assert_eq!(
+            result["reason"],
+            "a compressed message inflates to more than the limit of 1048576 bytes",
+            "{result}"
+        );
+    }
+    server.stop().await;
+}
+
+/// Python's default compression offer is accepted, and 300 messages of
+/// varied size and content (text and binary) come back intact, with the
+/// default settings (no context kept) and with context takeover on both
+/// sides (the client's offer allows it: the connection keeps its own
+/// compressor and decompressor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_echo_through_compression() {
+    let mut keep = test_config();
+    keep.compression.server_context_takeover = true;
+    keep.compression.client_context_takeover = true;
+    for config in [test_config(), keep] {
+        let server = TestServer::start_with(&["echo"], config).await;
+        let url = server.url("/echo");
+        let results = python_clients("echo_compressed.py", &[&url, "300"]).await;
+        assert_eq!(
+            results,
+            [serde_json::json!({"extensions": ["PerMessageDeflate"], "echoed": 300})]
+        );
+        server.stop().await;
+    }
+}
