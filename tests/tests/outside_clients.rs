@@ -12,19 +12,19 @@ fn config() -> Config {
     config
 }
 
-/// 20 `websockets` clients, compression off, each sending 2 MiB to `/echo`
+/// 20 `websockets` clients, compression off, each sending 8 MiB to `/echo`
 /// (1 MiB limit): all 20 receive 1009 and its reason (the host reads and
 /// drops the rest of each message instead of resetting the connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_clients_sending_too_much_receive_1009() {
     let server = TestServer::start_with(&["echo"], config()).await;
     let url = server.url("/echo");
-    let results = python_clients("too_large.py", &[&url, "20", "2097152", "off"]).await;
+    let results = python_clients("too_large.py", &[&url, "20", "8388608", "off"]).await;
     assert_eq!(results.len(), 20);
     for result in results {
         assert_eq!(result["code"], 1009, "{result}");
         assert_eq!(
-            result["reason"], "message of 2097152 bytes exceeds the limit of 1048576 bytes",
+            result["reason"], "message of 8388608 bytes exceeds the limit of 1048576 bytes",
             "{result}"
         );
     }
