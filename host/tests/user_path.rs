@@ -57,7 +57,7 @@ async fn refused(addr: &str, path: &str) -> u16 {
 
 #[tokio::test]
 async fn up_at_the_repository_root_swaps_in_an_edited_controller() {
-    let root = repository_copy();
+    let root = repository_copy("up");
     let up = Process::start(root.path(), &["up", "--listen", "127.0.0.1:0"]);
     let addr = up.listening();
 
@@ -91,7 +91,7 @@ async fn up_at_the_repository_root_swaps_in_an_edited_controller() {
 
 #[tokio::test]
 async fn serve_at_the_repository_root_swaps_retires_and_restores_modules() {
-    let root = repository_copy();
+    let root = repository_copy("serve");
     assert!(support::run(root.path(), &["build"]).success());
     let echo = root.path().join("controllers/echo.wasm");
     let v1 = std::fs::read(&echo).unwrap();

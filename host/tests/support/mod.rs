@@ -126,9 +126,12 @@ fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) {
 /// shipped `switchyard.toml` and the sample controllers' sources under
 /// `controllers/` (no built modules). Two things differ, neither about
 /// paths Switchyard reads: the samples depend on the repository's SDK by an
-/// absolute path, and build into the repository's `controllers/target`, so
-/// that their dependencies are not compiled again.
-pub fn repository_copy() -> tempfile::TempDir {
+/// absolute path, and build into `target/user-path/{name}` of the
+/// repository, so that a second run compiles no dependency again. Each
+/// test has a target folder of its own: cargo copies each build's `.wasm`
+/// to one place per folder, so two copies of a crate built there (or the
+/// repository's own samples) would overwrite each other's modules.
+pub fn repository_copy(name: &str) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     std::fs::copy(
         repo().join("switchyard.toml"),
@@ -153,7 +156,11 @@ pub fn repository_copy() -> tempfile::TempDir {
         root.path().join(".cargo/config.toml"),
         format!(
             "[build]\ntarget-dir = {:?}\n",
-            repo().join("controllers/target").display().to_string()
+            repo()
+                .join("target/user-path")
+                .join(name)
+                .display()
+                .to_string()
         ),
     )
     .unwrap();
