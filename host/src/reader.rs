@@ -12,13 +12,17 @@
 //! kept by the connection ([`Reader`]'s `pending`), and its next reads go
 //! there until they are used up.
 //!
-//! The checks are RFC 6455's for a server, with tungstenite's error values
-//! (`connection::classify` turns them into close codes): reserved bits and
-//! opcodes (1002), unmasked client frames (1002), fragmented or oversize
-//! control frames (1002), continuations out of place (1002), frames and
-//! messages over the limits (1009, seen from the header, before the payload
-//! is buffered) and text that is not UTF-8 (1007). Pings, pongs and close
-//! frames are handed to the connection's task, which answers them.
+//! The checks are RFC 6455's for a server, as [`ReadError`]s
+//! ([`ReadError::close`] gives each its close code): reserved bits and
+//! opcodes (1002; RSV1 is allowed on a message's first frame once
+//! permessage-deflate is agreed), unmasked client frames (1002), fragmented
+//! or oversize control frames (1002), continuations out of place (1002),
+//! frames and messages over the limits (1009, seen from the header, before
+//! the payload is buffered) and text that is not UTF-8 (1007, at the first
+//! bad byte: text is checked as it arrives). A compressed message is
+//! inflated once complete, up to the message limit (1009 beyond; 1007 for
+//! data that is not deflate). Pings, pongs and close frames are handed to
+//! the connection's task, which answers them.
 
 use std::cell::RefCell;
 use std::pin::Pin;
