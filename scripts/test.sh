@@ -16,7 +16,11 @@ venv="${SWITCHYARD_TEST_VENV:-$PWD/target/test-venv}"
 requirements="tests/requirements.txt"
 stamp="$venv/.requirements"
 if ! cmp -s "$requirements" "$stamp" 2>/dev/null; then
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv"; then
+        echo "scripts/test.sh: cannot make a Python virtual environment; install Python 3" \
+            "with venv (Debian: apt-get install python3-venv) and run this again" >&2
+        exit 1
+    fi
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
     cp "$requirements" "$stamp"
 fi
