@@ -248,12 +248,12 @@ fn inflate_into(
         let start = decompressor.total_in();
         loop {
             let consumed = (decompressor.total_in() - start) as usize;
-            let room = (max + 1).saturating_sub(out.len());
-            if out.capacity() - out.len() < 1024.min(room) {
-                let want = (part.len() - consumed)
-                    .saturating_mul(4)
-                    .clamp(1024, 256 << 10);
-                out.reserve_exact(want.min(room));
+            if out.capacity() - out.len() < 1024 {
+                // Double (so a large message is copied a bounded number of
+                // times as it grows), but never past one byte over the limit.
+                let want = (part.len() - consumed).saturating_mul(4).max(1024);
+                let target = (out.capacity() * 2).max(out.len() + want).min(max + 1);
+                out.reserve_exact(target.saturating_sub(out.len()));
             }
             let before = (decompressor.total_in(), decompressor.total_out());
             let status = decompressor

@@ -816,6 +816,73 @@ mod tests {
         }
     }
 
+    /// A message compressed as a client does it (raw deflate, sync flush,
+    /// the tail stripped).
+    fn deflated(data: &[u8]) -> Vec<u8> {
+        let mut compressor =
+            flate2::Compress::new_with_window_bits(flate2::Compression::new(6), false, 15);
+        let mut out = Vec::with_capacity(data.len() + 64);
+        compressor
+            .compress_vec(data, &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    /// With permessage-deflate agreed: a compressed message split over
+    /// fragments is inflated whole; RSV1 on a continuation, data that is
+    /// not deflate, and a message that inflates past the limit each end
+    /// reading with their close code.
+    #[tokio::test]
+    async fn compressed_messages_are_inflated_and_their_faults_closed() {
+        let agreed = Some(Deflate {
+            min_bytes: 0,
+            level: 1,
+            server_takeover: false,
+            client_takeover: false,
+            server_window_bits: 15,
+        });
+        let text = "κόσμε chat line ".repeat(200);
+        let packed = deflated(text.as_bytes());
+        let (first, rest) = packed.split_at(packed.len() / 2);
+        let mut wire = client_frame(false, opcode::TEXT, first);
+        wire[0] |= 0x40;
+        wire.extend(client_frame(true, opcode::CONTINUE, rest));
+        let (mut client, mut server) = pair().await;
+        let mut reader = Reader::new(Vec::new(), &limits(), agreed);
+        client.write_all(&wire).await.unwrap();
+        let mut got = Vec::new();
+        while got.is_empty() {
+            got.extend(drain(&mut reader, &mut server).await);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(got, [Ok(WsMessage::text(text))]);
+
+        let mut rsv1_on_continuation = client_frame(false, opcode::BINARY, &deflated(b"a"));
+        rsv1_on_continuation.extend(client_frame(true, opcode::CONTINUE, b""));
+        let last = rsv1_on_continuation.len() - 6;
+        rsv1_on_continuation[last] |= 0x40;
+        let mut corrupt = client_frame(true, opcode::BINARY, b"\xff\xff\xff");
+        corrupt[0] |= 0x40;
+        let mut bomb = client_frame(true, opcode::BINARY, &deflated(&[0u8; 200_000]));
+        bomb[0] |= 0x40;
+        let cases = [(rsv1_on_continuation, 1002), (corrupt, 1007), (bomb, 1009)];
+        for (wire, code) in cases {
+            let (mut client, mut server) = pair().await;
+            let mut reader = Reader::new(Vec::new(), &limits(), agreed);
+            client.write_all(&wire).await.unwrap();
+            let err = loop {
+                let read = std::future::poll_fn(|cx| reader.poll_next(&mut server, cx)).await;
+                match read {
+                    Some(Err(err)) => break err,
+                    Some(Ok(_)) => {}
+                    None => panic!("stream ended without an error ({code})"),
+                }
+            };
+            assert_eq!(err.close().map(|(c, _)| c), Some(code), "{err}");
+        }
+    }
+
     #[tokio::test]
     async fn a_close_code_not_for_the_wire_reads_as_a_protocol_error() {
         let (mut client, mut server) = pair().await;

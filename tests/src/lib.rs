@@ -43,6 +43,15 @@ pub fn test_config() -> Config {
     config
 }
 
+/// The test config with the default close timeout (5 s): for tests whose
+/// clients do answer, where a loaded test machine may need more than 500 ms
+/// to read what many clients are still sending before they close.
+pub fn patient_config() -> Config {
+    let mut config = test_config();
+    config.limits.close_timeout_ms = Config::default().limits.close_timeout_ms;
+    config
+}
+
 /// A server running in this process on a free port.
 pub struct TestServer {
     /// Where it listens.

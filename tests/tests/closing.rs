@@ -14,21 +14,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 const CLIENTS: usize = 20;
 
-/// The default close timeout: a loaded test machine may need more than the
-/// test config's 500 ms to read what 20 clients are still sending.
-fn lingering_config() -> Config {
-    let mut config = test_config();
-    config.limits.close_timeout_ms = 5_000;
-    config
-}
-
 /// An 8 MiB message to `/echo` (1 MiB limit; more than loopback's socket
 /// buffers take, so the client is still writing when the server closes),
 /// from a client library that writes the whole message before it reads
 /// anything: each of 20 clients gets 1009 and the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_still_sending_a_message_too_large_receives_1009() {
-    let server = TestServer::start_with(&["echo"], lingering_config()).await;
+    let server = TestServer::start_with(&["echo"], patient_config()).await;
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
         let mut ws = server.connect("/echo").await;
@@ -105,7 +97,7 @@ async fn flood_then_read_close(server: &TestServer, first: Vec<u8>, mib: usize) 
 /// the lingering close, the writes fail with a reset and the frame is lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_flooding_after_an_error_receives_the_close_frame() {
-    let mut config = lingering_config();
+    let mut config = patient_config();
     // The slow-consumer case (1008): 24 MiB of echoes nobody reads fill the
     // socket buffers and then this queue; what the client still writes
     // after the close is under the linger limit.

@@ -4,12 +4,18 @@
 
 use switchyard_tests::*;
 
-/// The default close timeout: 20 clients writing 2 MiB each on a loaded
-/// test machine may need more than the test config's 500 ms.
-fn config() -> Config {
-    let mut config = test_config();
-    config.limits.close_timeout_ms = 5_000;
-    config
+/// Runs 20 `too_large.py` clients sending `bytes` to `/echo` (compression
+/// `on` or `off`) and checks that every one received 1009 and `reason`.
+async fn all_receive_1009(bytes: &str, compression: &str, reason: &str) {
+    let server = TestServer::start_with(&["echo"], patient_config()).await;
+    let url = server.url("/echo");
+    let results = python_clients("too_large.py", &[&url, "20", bytes, compression]).await;
+    assert_eq!(results.len(), 20);
+    for result in results {
+        assert_eq!(result["code"], 1009, "{result}");
+        assert_eq!(result["reason"], reason, "{result}");
+    }
+    server.stop().await;
 }
 
 /// 20 `websockets` clients, compression off, each sending 8 MiB to `/echo`
@@ -17,37 +23,24 @@ fn config() -> Config {
 /// drops the rest of each message instead of resetting the connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_clients_sending_too_much_receive_1009() {
-    let server = TestServer::start_with(&["echo"], config()).await;
-    let url = server.url("/echo");
-    let results = python_clients("too_large.py", &[&url, "20", "8388608", "off"]).await;
-    assert_eq!(results.len(), 20);
-    for result in results {
-        assert_eq!(result["code"], 1009, "{result}");
-        assert_eq!(
-            result["reason"], "message of 8388608 bytes exceeds the limit of 1048576 bytes",
-            "{result}"
-        );
-    }
-    server.stop().await;
+    all_receive_1009(
+        "8388608",
+        "off",
+        "message of 8388608 bytes exceeds the limit of 1048576 bytes",
+    )
+    .await;
 }
 
 /// The same with the client's default compression: 2 MiB of one byte
 /// compress to a few KB, and the host stops inflating at the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_clients_sending_a_compressed_bomb_receive_1009() {
-    let server = TestServer::start_with(&["echo"], config()).await;
-    let url = server.url("/echo");
-    let results = python_clients("too_large.py", &[&url, "20", "2097152", "on"]).await;
-    assert_eq!(results.len(), 20);
-    for result in results {
-        assert_eq!(result["code"], 1009, "{result}");
-        assert_eq!(
-            result["reason"],
-            "a compressed message inflates to more than the limit of 1048576 bytes",
-            "{result}"
-        );
-    }
-    server.stop().await;
+    all_receive_1009(
+        "2097152",
+        "on",
+        "a compressed message inflates to more than the limit of 1048576 bytes",
+    )
+    .await;
 }
 
 /// Python's default compression offer is accepted, and 300 messages of
