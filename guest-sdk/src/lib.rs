@@ -92,9 +92,54 @@ pub mod bindings {
 
 use bindings::switchyard::controller::host as wit_host;
 pub use bindings::switchyard::controller::types::{
-    CloseInfo, Connection, ConnectionId, ErrorInfo, HostError, InstanceMode, LogLevel, Message,
-    RouteInfo,
+    CloseInfo, Connection, ConnectionId, ErrorInfo, HostError, InstanceMode, Limits, LogLevel,
+    Message, RouteInfo,
 };
+
+/// The sizes the host enforces on what this controller sends and stores
+/// (its configuration's `limits.max_message_bytes`, `sandbox.*_bytes`).
+/// Asked once per instance: they do not change while the host runs.
+pub fn limits() -> Limits {
+    static LIMITS: std::sync::OnceLock<Limits> = std::sync::OnceLock::new();
+    *LIMITS.get_or_init(wit_host::get_limits)
+}
+
+/// Why a [`Message`] could not be built.
+#[derive(Debug)]
+pub enum MessageError {
+    /// The value could not be serialized as JSON.
+    Json(serde_json::Error),
+    /// The message is larger than the host accepts
+    /// ([`Limits::max_message_bytes`]): the host would refuse to send it
+    /// (or drop it, returned from a handler).
+    TooLarge {
+        /// The message's size.
+        bytes: usize,
+        /// The host's limit.
+        limit: u64,
+    },
+}
+
+impl std::fmt::Display for MessageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MessageError::Json(err) => write!(f, "cannot serialize the message as JSON: {err}"),
+            MessageError::TooLarge { bytes, limit } => write!(
+                f,
+                "a message of {bytes} bytes exceeds the host's limit of {limit} bytes"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MessageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MessageError::Json(err) => Some(err),
+            MessageError::TooLarge { .. } => None,
+        }
+    }
+}
 
 /// The event handlers of a controller. Every method has a default that does
 /// nothing, so implement only the events you care about.
@@ -144,17 +189,46 @@ impl Message {
     }
 
     /// A text message holding `value` as JSON, like the PHP `JsonMessage`.
+    /// It is not checked against the host's size limit: where what goes in
+    /// can grow (lists of members, history), build with
+    /// [`Message::try_json`] and handle [`MessageError::TooLarge`].
     ///
     /// # Panics
     /// When `value`'s `Serialize` implementation fails (for example a map
-    /// with non-string keys); use [`Message::try_json`] to handle that.
+    /// with non-string keys).
     pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Self {
-        Self::try_json(value).expect("value cannot be serialized as JSON")
+        Message::Text(serde_json::to_string(value).expect("value cannot be serialized as JSON"))
     }
 
-    /// A text message holding `value` as JSON.
-    pub fn try_json<T: serde::Serialize + ?Sized>(value: &T) -> serde_json::Result<Self> {
-        serde_json::to_string(value).map(Message::Text)
+    /// A text message holding `value` as JSON, if it serializes and fits
+    /// within the host's [`Limits::max_message_bytes`].
+    pub fn try_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, MessageError> {
+        serde_json::to_string(value)
+            .map_err(MessageError::Json)
+            .map(Message::Text)?
+            .checked()
+    }
+
+    /// The message, if it fits within the host's
+    /// [`Limits::max_message_bytes`]; else [`MessageError::TooLarge`]
+    /// (the host would refuse to send it).
+    pub fn checked(self) -> Result<Self, MessageError> {
+        let limit = limits().max_message_bytes;
+        let bytes = self.len();
+        if bytes as u64 > limit {
+            return Err(MessageError::TooLarge { bytes, limit });
+        }
+        Ok(self)
+    }
+
+    /// The payload size in bytes.
+    pub fn len(&self) -> usize {
+        self.as_bytes().len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Parses the message (text or binary) as JSON.

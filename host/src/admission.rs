@@ -1,5 +1,11 @@
 //! Connection limits: how many connections the server, each route and each
-//! client address may hold at once.
+//! client address may hold at once, and how many may be in their upgrade.
+//!
+//! The accept loop asks [`Admission::begin_upgrade`] for an
+//! [`UpgradePermit`] before it spends anything on a new socket: sockets
+//! that have not sent their request yet are bounded server-wide and per
+//! address, so silent ones cannot take every file descriptor (503 or 429
+//! beyond, written without waiting, and the socket closed).
 //!
 //! The server asks [`Admission::admit`] for a [`Permit`] after routing a
 //! request and before answering `101`; a refusal becomes an HTTP answer
@@ -27,6 +33,26 @@ struct Counts {
     total: usize,
     routes: HashMap<Arc<str>, usize>,
     addresses: HashMap<IpAddr, usize>,
+    /// Upgrades in progress, in all and by address.
+    upgrading: usize,
+    upgrading_from: HashMap<IpAddr, usize>,
+}
+
+/// Takes one from a per-address count, forgetting addresses at zero.
+fn release(counts: &mut HashMap<IpAddr, usize>, address: IpAddr) {
+    if let Some(n) = counts.get_mut(&address) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&address);
+        }
+    }
+}
+
+/// One accepted socket's place among the upgrades in progress, given back
+/// when dropped (after the upgrade's answer, whatever it was).
+pub struct UpgradePermit {
+    admission: Arc<Admission>,
+    address: Option<IpAddr>,
 }
 
 /// One admitted connection's places in the counts.
@@ -54,29 +80,27 @@ impl Admission {
             (limits.max_connections_per_ip > 0).then_some(limits.max_connections_per_ip);
         let mut counts = self.counts.lock().expect("admission lock");
         if counts.total >= limits.max_connections {
-            return Err(Rejection::new(
+            return Err(Rejection::try_later(
                 503,
                 format!(
                     "the server is at its connection limit ({}); try again later",
                     limits.max_connections
                 ),
-            )
-            .with_header("Retry-After", "1"));
+            ));
         }
         let on_route = counts.routes.get(route).copied().unwrap_or(0);
         if let Some(limit) = route_limit
             && on_route >= limit
         {
-            return Err(Rejection::new(
+            return Err(Rejection::try_later(
                 503,
                 format!("route {route} is at its connection limit ({limit}); try again later"),
-            )
-            .with_header("Retry-After", "1"));
+            ));
         }
         if let Some(limit) = per_address {
             let from_address = counts.addresses.entry(address).or_insert(0);
             if *from_address >= limit {
-                return Err(Rejection::new(
+                return Err(Rejection::try_later(
                     429,
                     format!("too many connections from your address (limit {limit})"),
                 ));
@@ -88,6 +112,39 @@ impl Admission {
         Ok(Permit {
             admission: self.clone(),
             route: route.clone(),
+            address: per_address.map(|_| address),
+        })
+    }
+
+    /// Takes a place for an upgrade from `address`, or says which limit of
+    /// upgrades in progress is reached.
+    pub fn begin_upgrade(self: &Arc<Self>, address: IpAddr) -> Result<UpgradePermit, Rejection> {
+        let limits = &self.config.limits;
+        let per_address =
+            (limits.max_handshakes_per_ip > 0).then_some(limits.max_handshakes_per_ip);
+        let mut counts = self.counts.lock().expect("admission lock");
+        if counts.upgrading >= limits.max_handshakes {
+            return Err(Rejection::try_later(
+                503,
+                format!(
+                    "the server is at its limit of upgrades in progress ({}); try again later",
+                    limits.max_handshakes
+                ),
+            ));
+        }
+        if let Some(limit) = per_address {
+            let from_address = counts.upgrading_from.entry(address).or_insert(0);
+            if *from_address >= limit {
+                return Err(Rejection::try_later(
+                    429,
+                    format!("too many upgrades in progress from your address (limit {limit})"),
+                ));
+            }
+            *from_address += 1;
+        }
+        counts.upgrading += 1;
+        Ok(UpgradePermit {
+            admission: self.clone(),
             address: per_address.map(|_| address),
         })
     }
@@ -108,13 +165,18 @@ impl Drop for Permit {
                 counts.routes.remove(&self.route);
             }
         }
-        if let Some(address) = self.address
-            && let Some(n) = counts.addresses.get_mut(&address)
-        {
-            *n -= 1;
-            if *n == 0 {
-                counts.addresses.remove(&address);
-            }
+        if let Some(address) = self.address {
+            release(&mut counts.addresses, address);
+        }
+    }
+}
+
+impl Drop for UpgradePermit {
+    fn drop(&mut self) {
+        let mut counts = self.admission.counts.lock().expect("admission lock");
+        counts.upgrading -= 1;
+        if let Some(address) = self.address {
+            release(&mut counts.upgrading_from, address);
         }
     }
 }
@@ -167,11 +229,45 @@ mod tests {
         let admission = admission("[limits]\nmax_connections_per_ip = 1\n");
         let chat: Arc<str> = "chat".into();
         let held = admission.admit(&chat, A).unwrap();
-        assert_eq!(admission.admit(&chat, A).err().unwrap().status, 429);
+        let refused = admission.admit(&chat, A).err().unwrap();
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.headers, [("Retry-After", "1".to_owned())]);
         let _other = admission.admit(&chat, B).unwrap();
         drop(held);
         let _again = admission.admit(&chat, A).unwrap();
         // A refusal takes no place.
         assert_eq!(admission.total(), 2);
+    }
+
+    #[test]
+    fn upgrades_in_progress_are_limited_in_all_and_per_address() {
+        let admission = admission("[limits]\nmax_handshakes = 3\nmax_handshakes_per_ip = 2\n");
+        let a1 = admission.begin_upgrade(A).unwrap();
+        let _a2 = admission.begin_upgrade(A).unwrap();
+        let refused = admission.begin_upgrade(A).err().unwrap();
+        assert_eq!(refused.status, 429);
+        assert!(refused.body.contains("limit 2"), "{}", refused.body);
+        assert_eq!(refused.headers, [("Retry-After", "1".to_owned())]);
+        let _b1 = admission.begin_upgrade(B).unwrap();
+        let refused = admission.begin_upgrade(B).err().unwrap();
+        assert_eq!(refused.status, 503);
+        assert!(refused.body.contains("(3)"), "{}", refused.body);
+        // A finished upgrade gives its place back; connections count apart.
+        drop(a1);
+        let _chat = admission.admit(&"chat".into(), A).unwrap();
+        let _a3 = admission.begin_upgrade(A).unwrap();
+        assert!(admission.begin_upgrade(A).is_err());
+    }
+
+    #[test]
+    fn zero_per_address_means_only_the_global_upgrade_limit() {
+        let admission = admission("[limits]\nmax_handshakes = 3\nmax_handshakes_per_ip = 0\n");
+        let held: Vec<_> = (0..3)
+            .map(|_| admission.begin_upgrade(A).unwrap())
+            .collect();
+        assert_eq!(admission.begin_upgrade(A).err().unwrap().status, 503);
+        drop(held);
+        assert!(admission.counts.lock().unwrap().upgrading_from.is_empty());
+        admission.begin_upgrade(A).unwrap();
     }
 }

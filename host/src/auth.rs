@@ -18,6 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::Value;
@@ -73,6 +75,17 @@ pub enum TokenError {
     /// A claim has the wrong type.
     #[error("the token's `{0}` claim is malformed")]
     BadClaim(String),
+}
+
+/// Whether the payload of `token` (a JWT whose signature verified) has a
+/// claim named `claim`, whatever its value.
+fn has_claim(token: &str, claim: &str) -> bool {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok())
+        .and_then(|json| serde_json::from_slice::<serde_json::Map<String, Value>>(&json).ok())
+        .is_some_and(|claims| claims.contains_key(claim))
 }
 
 /// One accepted algorithm with its key and checks.
@@ -286,6 +299,12 @@ impl Guard {
             ErrorKind::InvalidIssuer => TokenError::Issuer,
             ErrorKind::InvalidAudience => TokenError::Audience,
             ErrorKind::InvalidAlgorithm => TokenError::Algorithm,
+            // jsonwebtoken reports a claim it cannot read as a number (an
+            // `exp` given as a string) as missing; the signature has been
+            // checked by then, so the payload can be read to tell the two apart.
+            ErrorKind::MissingRequiredClaim(claim) if has_claim(token, &claim) => {
+                TokenError::BadClaim(claim)
+            }
             ErrorKind::MissingRequiredClaim(claim) => TokenError::MissingClaim(claim),
             ErrorKind::InvalidClaimFormat(claim) => TokenError::BadClaim(claim),
             _ => TokenError::Malformed,
@@ -499,6 +518,10 @@ mod tests {
             guard.verify(&token(no_exp)).unwrap_err(),
             TokenError::MissingClaim("exp".into())
         );
+        // Present but not a number is malformed, not missing.
+        let text_exp = with("exp", (now() + 60).to_string().into());
+        assert_eq!(text_exp, TokenError::BadClaim("exp".into()));
+        assert_eq!(text_exp.to_string(), "the token's `exp` claim is malformed");
         // Within the leeway is still fine.
         assert!(
             guard

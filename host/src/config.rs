@@ -306,9 +306,21 @@ pub struct Limits {
     /// Live instances one keyed or per-connection route may have at once;
     /// a connection that would need one more gets 503.
     pub max_instances_per_route: usize,
+    /// Accepted connections that have not finished their upgrade, server
+    /// wide; beyond, a new connection is answered 503 and closed at once.
+    pub max_handshakes: usize,
+    /// Upgrades in progress from one client IP address; beyond, a new
+    /// connection from it is answered 429 and closed at once. 0: no limit.
+    pub max_handshakes_per_ip: usize,
     /// How long the key-value store of a keyed instance outlives its last
     /// connection, so a room that empties briefly keeps its state.
     pub keyed_state_keep_ms: u64,
+    /// Stores of emptied keys one route keeps at most; beyond, the oldest
+    /// is forgotten. 0 keeps none.
+    pub keyed_state_keep_keys: usize,
+    /// Bytes (keys and values) of the stores of emptied keys one route
+    /// keeps at most; beyond, the oldest are forgotten.
+    pub keyed_state_keep_bytes: usize,
 }
 
 impl Default for Limits {
@@ -329,7 +341,11 @@ impl Default for Limits {
             max_connections_per_route: 0,
             max_connections_per_ip: 0,
             max_instances_per_route: 10_000,
+            max_handshakes: 1024,
+            max_handshakes_per_ip: 64,
             keyed_state_keep_ms: 60_000,
+            keyed_state_keep_keys: 10_000,
+            keyed_state_keep_bytes: 64 << 20,
         }
     }
 }
@@ -384,9 +400,17 @@ pub struct Sandbox {
     /// so that creating an instance costs microseconds. Needs virtual
     /// address space; falls back to on-demand allocation if unavailable.
     pub pooling: bool,
-    /// Instances the pool holds slots for, across all routes.
+    /// Instances the pool holds slots for, across all routes;
+    /// [`RESERVED_INSTANCES`] of them are kept for loading and swapping
+    /// modules, so connections may need at most `pool_instances -
+    /// RESERVED_INSTANCES` instances.
     pub pool_instances: u32,
 }
+
+/// Instance slots of `sandbox.pool_instances` never given to a
+/// connection's instance: loading a module (its `describe()`) and swapping
+/// a version in need them even when connections have taken the rest.
+pub const RESERVED_INSTANCES: u32 = 8;
 
 impl Default for Sandbox {
     fn default() -> Self {
@@ -530,6 +554,7 @@ impl Config {
             ("limits.close_timeout_ms", l.close_timeout_ms),
             ("limits.read_buffer_bytes", l.read_buffer_bytes as u64),
             ("limits.max_connections", l.max_connections as u64),
+            ("limits.max_handshakes", l.max_handshakes as u64),
             (
                 "limits.max_instances_per_route",
                 l.max_instances_per_route as u64,
@@ -547,6 +572,12 @@ impl Config {
         for (key, value) in positive {
             anyhow::ensure!(value > 0, "`{key}` must be greater than 0");
         }
+        anyhow::ensure!(
+            self.sandbox.pool_instances > RESERVED_INSTANCES,
+            "`sandbox.pool_instances` ({}) must be more than {RESERVED_INSTANCES}: that many slots \
+             are kept for loading and swapping modules",
+            self.sandbox.pool_instances
+        );
         anyhow::ensure!(
             l.max_frame_bytes <= l.max_message_bytes,
             "`limits.max_frame_bytes` ({}) must not exceed `limits.max_message_bytes` ({})",
@@ -732,6 +763,9 @@ window = 9
             err.to_string().contains("limits.outbound_queue_bytes"),
             "{err}"
         );
+        let err = Config::from_toml("[sandbox]\npool_instances = 8\n").unwrap_err();
+        assert!(err.to_string().contains("must be more than 8"), "{err}");
+        Config::from_toml("[sandbox]\npool_instances = 9\n").unwrap();
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! accepted request gets `101 Switching Protocols`; the bytes read past the
 //! head are handed to the WebSocket layer.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -24,6 +26,8 @@ pub struct Request {
     pub path: String,
     /// The raw query string, without `?`.
     pub query: String,
+    /// The minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    pub minor_version: u8,
     headers: Vec<(String, String)>,
     /// Bytes received after the head (the client may not wait for the 101).
     pub leftover: Vec<u8>,
@@ -93,6 +97,7 @@ pub async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> 
                     method: parsed.method.unwrap_or("").to_owned(),
                     path: path.to_owned(),
                     query: query.to_owned(),
+                    minor_version: parsed.version.unwrap_or(0),
                     headers: parsed
                         .headers
                         .iter()
@@ -137,6 +142,12 @@ impl Rejection {
         }
     }
 
+    /// A refusal for lack of room (503, or 429 for one client's share)
+    /// that may succeed later: it carries `Retry-After: 1`.
+    pub fn try_later(status: u16, body: impl Into<String>) -> Self {
+        Rejection::new(status, body).with_header("Retry-After", "1")
+    }
+
     /// Adds a header to the answer.
     pub fn with_header(mut self, name: &'static str, value: &str) -> Self {
         self.headers.push((name, value.to_owned()));
@@ -160,8 +171,8 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// Checks that the request is a WebSocket upgrade this server speaks and
-/// returns its `Sec-WebSocket-Key`.
+/// Checks that the request is a WebSocket upgrade this server speaks, as
+/// RFC 6455 §4.2.1 describes it, and returns its `Sec-WebSocket-Key`.
 pub fn check_upgrade(request: &Request) -> Result<String, Rejection> {
     if !request.header_has_token("Upgrade", "websocket") {
         return Err(Rejection::new(
@@ -178,6 +189,15 @@ pub fn check_upgrade(request: &Request) -> Result<String, Rejection> {
     if request.method != "GET" {
         return Err(Rejection::new(405, "a WebSocket upgrade uses GET").with_header("Allow", "GET"));
     }
+    if request.minor_version < 1 {
+        return Err(Rejection::new(
+            400,
+            "a WebSocket upgrade needs HTTP/1.1 or later, not HTTP/1.0",
+        ));
+    }
+    if request.headers("Host").next().is_none() {
+        return Err(Rejection::new(400, "missing Host header"));
+    }
     if !request.header_has_token("Connection", "upgrade") {
         return Err(Rejection::new(400, "missing `Connection: Upgrade`"));
     }
@@ -185,35 +205,61 @@ pub fn check_upgrade(request: &Request) -> Result<String, Rejection> {
         return Err(Rejection::new(426, "unsupported WebSocket version: use 13")
             .with_header("Sec-WebSocket-Version", "13"));
     }
-    match request.header("Sec-WebSocket-Key").map(str::trim) {
-        Some(key) if !key.is_empty() => Ok(key.to_owned()),
-        _ => Err(Rejection::new(400, "missing Sec-WebSocket-Key")),
+    let mut keys = request.headers("Sec-WebSocket-Key");
+    let key = match (keys.next().map(str::trim), keys.next()) {
+        (None, _) => return Err(Rejection::new(400, "missing Sec-WebSocket-Key")),
+        (Some(_), Some(_)) => {
+            return Err(Rejection::new(
+                400,
+                "more than one Sec-WebSocket-Key header",
+            ));
+        }
+        (Some(key), None) => key,
+    };
+    match STANDARD.decode(key) {
+        Ok(nonce) if nonce.len() == 16 => Ok(key.to_owned()),
+        _ => Err(Rejection::new(
+            400,
+            "Sec-WebSocket-Key must be 16 bytes in base64 (24 characters)",
+        )),
+    }
+}
+
+impl Rejection {
+    /// The whole HTTP answer.
+    fn response(&self) -> String {
+        let body = format!("{}\n", self.body);
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+            self.status,
+            reason_phrase(self.status),
+            body.len()
+        );
+        if !self.headers.iter().any(|(name, _)| *name == "Connection") {
+            head.push_str("Connection: close\r\n");
+        }
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        head + &body
     }
 }
 
 /// Writes a rejection and closes the write side.
 pub async fn reject(stream: &mut TcpStream, rejection: &Rejection) -> std::io::Result<()> {
-    let body = format!("{}\n", rejection.body);
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
-        rejection.status,
-        reason_phrase(rejection.status),
-        body.len()
-    );
-    if !rejection
-        .headers
-        .iter()
-        .any(|(name, _)| *name == "Connection")
-    {
-        head.push_str("Connection: close\r\n");
-    }
-    for (name, value) in &rejection.headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    head.push_str(&body);
-    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(rejection.response().as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Refuses a socket without waiting on it: what has arrived of its request
+/// is read (up to a few KiB: closing a socket with unread bytes resets it,
+/// and the client might lose the answer), the answer goes out if the socket
+/// takes it in one write, and the socket is closed.
+pub fn refuse_now(stream: TcpStream, rejection: &Rejection) {
+    let mut scratch = [0u8; 4096];
+    let _ = stream.try_read(&mut scratch);
+    let _ = stream.try_write(rejection.response().as_bytes());
 }
 
 /// Completes the upgrade with `101 Switching Protocols`, with the
@@ -231,4 +277,79 @@ pub async fn accept(
         derive_accept_key(key.as_bytes())
     );
     stream.write_all(response.as_bytes()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(minor_version: u8, headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: "GET".into(),
+            path: "/echo".into(),
+            query: String::new(),
+            minor_version,
+            headers: headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+            leftover: Vec::new(),
+        }
+    }
+
+    const KEY: (&str, &str) = ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+    const UPGRADE: [(&str, &str); 4] = [
+        ("Host", "x"),
+        ("Upgrade", "websocket"),
+        ("Connection", "keep-alive, Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+
+    fn refusal(minor_version: u8, headers: &[(&str, &str)]) -> (u16, String) {
+        let rejection = check_upgrade(&request(minor_version, headers)).unwrap_err();
+        (rejection.status, rejection.body)
+    }
+
+    #[test]
+    fn a_valid_upgrade_gives_its_key() {
+        let mut headers = UPGRADE.to_vec();
+        headers.push(KEY);
+        assert_eq!(check_upgrade(&request(1, &headers)).unwrap(), KEY.1);
+    }
+
+    #[test]
+    fn what_rfc_6455_refuses_gets_400() {
+        let mut good = UPGRADE.to_vec();
+        good.push(KEY);
+        let (status, body) = refusal(0, &good);
+        assert_eq!(status, 400);
+        assert!(body.contains("HTTP/1.1"), "{body}");
+
+        let no_host: Vec<_> = good.iter().copied().filter(|(n, _)| *n != "Host").collect();
+        assert_eq!(refusal(1, &no_host), (400, "missing Host header".into()));
+
+        for bad_key in [
+            "x",
+            "AAAAAAAAAAAAAAAAAAAA",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "!!!!!!!!!!!!!!!!!!!!!!==",
+        ] {
+            let mut headers = UPGRADE.to_vec();
+            headers.push(("Sec-WebSocket-Key", bad_key));
+            let (status, body) = refusal(1, &headers);
+            assert_eq!(status, 400, "{bad_key}");
+            assert!(body.contains("16 bytes"), "{bad_key}: {body}");
+        }
+
+        let mut twice = good.clone();
+        twice.push(KEY);
+        assert_eq!(
+            refusal(1, &twice),
+            (400, "more than one Sec-WebSocket-Key header".into())
+        );
+        assert_eq!(
+            refusal(1, &UPGRADE),
+            (400, "missing Sec-WebSocket-Key".into())
+        );
+    }
 }

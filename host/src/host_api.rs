@@ -19,6 +19,7 @@ use crate::bindings::switchyard::controller::{host, types};
 use crate::bindings::{Connection, Message};
 use crate::connection::{ConnHandle, ConnectionInfo, PushError};
 use crate::deflate;
+use crate::opcode::close_code_valid;
 use crate::route::{MAX_GROUP_NAME, RouteShared};
 use crate::state::{KvStore, SharedKv};
 
@@ -74,16 +75,40 @@ impl HostOwned {
     }
 }
 
+/// The sizes the host functions enforce on a controller, from the config;
+/// `host.get-limits` reports them.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestSizes {
+    /// Largest message a controller may send (`limits.max_message_bytes`).
+    pub max_message_bytes: usize,
+    /// Largest attachment (`sandbox.attachment_bytes`).
+    pub attachment_bytes: usize,
+    /// Largest key and value in the store (`sandbox.state_value_bytes`).
+    pub state_value_bytes: usize,
+    /// Largest store (`sandbox.state_total_bytes`).
+    pub state_total_bytes: usize,
+}
+
+impl GuestSizes {
+    /// The sizes of `config`.
+    pub fn of(config: &crate::Config) -> Self {
+        GuestSizes {
+            max_message_bytes: config.limits.max_message_bytes,
+            attachment_bytes: config.sandbox.attachment_bytes,
+            state_value_bytes: config.sandbox.state_value_bytes,
+            state_total_bytes: config.sandbox.state_total_bytes,
+        }
+    }
+}
+
 /// The data of an instance's store.
 pub struct HostState {
     /// Connections and key-value store; survive instance replacement.
     pub owned: HostOwned,
     /// The route name, to tag logs.
     pub route: Arc<str>,
-    /// Largest message a controller may send.
-    pub max_message_bytes: usize,
-    /// Largest attachment a controller may set.
-    attachment_bytes: usize,
+    /// What a controller may send and store.
+    pub sizes: GuestSizes,
     /// Epoch ticks left for the running event; see `instance`.
     pub ticks_left: u64,
     /// Caps the instance's memory.
@@ -94,13 +119,7 @@ pub struct HostState {
 
 impl HostState {
     /// State for a fresh instance owning `conns`.
-    pub fn new(
-        route: Arc<str>,
-        owned: HostOwned,
-        max_message_bytes: usize,
-        attachment_bytes: usize,
-        limits: StoreLimits,
-    ) -> Self {
+    pub fn new(route: Arc<str>, owned: HostOwned, sizes: GuestSizes, limits: StoreLimits) -> Self {
         // No preopened directories, no network, no environment, no args.
         let wasi = WasiCtx::builder()
             .stdout(crate::guest_log::GuestOutput::new(route.clone(), "stdout"))
@@ -112,8 +131,7 @@ impl HostState {
         HostState {
             owned,
             route,
-            max_message_bytes,
-            attachment_bytes,
+            sizes,
             ticks_left: 0,
             limits,
             wasi,
@@ -138,11 +156,6 @@ fn host_error(err: PushError) -> HostError {
     }
 }
 
-/// Close codes an endpoint may send (RFC 6455 §7.4, IANA registry).
-pub fn close_code_allowed(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
 impl types::Host for HostState {}
 
 impl HostState {
@@ -156,6 +169,16 @@ impl HostState {
 }
 
 impl host::Host for HostState {
+    fn get_limits(&mut self) -> types::Limits {
+        let sizes = self.sizes;
+        types::Limits {
+            max_message_bytes: sizes.max_message_bytes as u64,
+            attachment_bytes: sizes.attachment_bytes as u64,
+            state_value_bytes: sizes.state_value_bytes as u64,
+            state_total_bytes: sizes.state_total_bytes as u64,
+        }
+    }
+
     fn connection_info(&mut self, conn: u64) -> Option<Connection> {
         self.owned
             .infos
@@ -164,14 +187,14 @@ impl host::Host for HostState {
     }
 
     fn send(&mut self, to: u64, msg: Message) -> Result<(), HostError> {
-        if msg.len() > self.max_message_bytes {
+        if msg.len() > self.sizes.max_message_bytes {
             return Err(HostError::TooLarge);
         }
         self.own(to)?.push(msg.into_frame()).map_err(host_error)
     }
 
     fn broadcast(&mut self, msg: Message, except: Option<u64>) -> Result<u32, HostError> {
-        if msg.len() > self.max_message_bytes {
+        if msg.len() > self.sizes.max_message_bytes {
             return Err(HostError::TooLarge);
         }
         // One frame, and at most one compressed frame; each recipient gets
@@ -192,7 +215,7 @@ impl host::Host for HostState {
     }
 
     fn close(&mut self, conn: u64, code: u16, reason: String) -> Result<(), HostError> {
-        if !close_code_allowed(code) {
+        if !close_code_valid(code) {
             return Err(HostError::InvalidCloseCode);
         }
         self.own(conn)?.close(code, &reason).map_err(host_error)
@@ -248,7 +271,7 @@ impl host::Host for HostState {
         msg: Message,
         except: Option<u64>,
     ) -> Result<u32, HostError> {
-        if msg.len() > self.max_message_bytes {
+        if msg.len() > self.sizes.max_message_bytes {
             return Err(HostError::TooLarge);
         }
         Ok(self.owned.route.publish(&group, &msg.into_frame(), except))
@@ -260,7 +283,7 @@ impl host::Host for HostState {
 
     fn set_attachment(&mut self, conn: u64, value: Vec<u8>) -> Result<(), HostError> {
         self.own(conn)?;
-        if value.len() > self.attachment_bytes {
+        if value.len() > self.sizes.attachment_bytes {
             return Err(HostError::TooLarge);
         }
         self.owned.route.set_attachment(conn, value);
@@ -269,20 +292,5 @@ impl host::Host for HostState {
 
     fn attachment(&mut self, conn: u64) -> Option<Vec<u8>> {
         self.owned.route.attachment(conn)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::close_code_allowed;
-
-    #[test]
-    fn reserved_close_codes_are_refused() {
-        for code in [1000, 1001, 1008, 1011, 3000, 4999] {
-            assert!(close_code_allowed(code), "{code}");
-        }
-        for code in [0, 999, 1004, 1005, 1006, 1015, 2000, 2999, 5000] {
-            assert!(!close_code_allowed(code), "{code}");
-        }
     }
 }

@@ -479,7 +479,7 @@ impl Actor {
         };
         let route = &self.module.name;
         let id = conn.id();
-        if msg.len() > live.store.data().max_message_bytes {
+        if msg.len() > live.store.data().sizes.max_message_bytes {
             warn!(route = %route, conn = id, bytes = msg.len(),
                 "reply dropped: larger than limits.max_message_bytes");
             return;

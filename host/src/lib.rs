@@ -41,6 +41,24 @@ pub use module::LoadError;
 pub use reload::ReloadEvent;
 pub use server::{RouteSummary, Server};
 
+/// Connections the kernel may hold completed for the server before it
+/// accepts them (capped by `net.core.somaxconn`). The usual default, 128,
+/// drops connections during a reconnect storm or while the server waits
+/// for a free file descriptor.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `addr` with a backlog of [`LISTEN_BACKLOG`].
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Loads the controllers of `config` and serves clients from `listener`
 /// until `shutdown` resolves.
 pub async fn serve(

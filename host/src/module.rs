@@ -42,7 +42,7 @@ pub enum LoadError {
     },
     /// The component does not fit the controller world.
     #[error(
-        "{file}: does not implement the world switchyard:controller/controller@0.3.0 \
+        "{file}: does not implement the world switchyard:controller/controller@0.3.1 \
          ({reason}); build it against wit/switchyard.wit, e.g. with switchyard-sdk"
     )]
     WrongWorld {

@@ -428,7 +428,7 @@ impl Reader {
         match head.opcode {
             opcode::PING => Some(Ok(WsMessage::Ping(payload))),
             opcode::PONG => Some(Ok(WsMessage::Pong(payload))),
-            opcode::CLOSE => Some(close(payload).map(WsMessage::Close).map_err(Into::into)),
+            opcode::CLOSE => Some(close(payload).map(WsMessage::Close)),
             opcode::CONTINUE => {
                 let Some(fragments) = &mut self.fragments else {
                     return Some(Err(WsError::Protocol(
@@ -544,6 +544,9 @@ pub enum ReadError {
     /// A compressed message is not valid deflate data.
     #[error("invalid compressed data: {0}")]
     Corrupt(String),
+    /// The reason in a close frame is not valid UTF-8.
+    #[error("invalid UTF-8 in the close frame's reason")]
+    CloseReasonUtf8,
 }
 
 impl ReadError {
@@ -565,7 +568,7 @@ impl ReadError {
                 _ => None,
             },
             ReadError::InflatedTooLarge { .. } => Some((1009, self.to_string())),
-            ReadError::Corrupt(_) => Some((1007, self.to_string())),
+            ReadError::Corrupt(_) | ReadError::CloseReasonUtf8 => Some((1007, self.to_string())),
         }
     }
 }
@@ -583,22 +586,26 @@ enum Step {
 }
 
 /// A close frame's payload: nothing, or a code and a UTF-8 reason. A code
-/// that may not be sent on the wire is reported (and answered) as 1002, as
-/// tungstenite does.
-fn close(payload: Bytes) -> Result<Option<CloseFrame>, WsError> {
+/// that may not be sent on the wire (see [`opcode::close_code_valid`]) is
+/// reported, and answered, as 1002.
+fn close(payload: Bytes) -> Result<Option<CloseFrame>, ReadError> {
     match payload.len() {
         0 => Ok(None),
-        1 => Err(WsError::Protocol(ProtocolError::InvalidCloseSequence)),
+        1 => Err(WsError::Protocol(ProtocolError::InvalidCloseSequence).into()),
         _ => {
-            let code = CloseCode::from(u16::from_be_bytes([payload[0], payload[1]]));
-            let reason = Utf8Bytes::try_from(payload.slice(2..))?;
-            if !code.is_allowed() {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            let reason =
+                Utf8Bytes::try_from(payload.slice(2..)).map_err(|_| ReadError::CloseReasonUtf8)?;
+            if !opcode::close_code_valid(code) {
                 return Ok(Some(CloseFrame {
                     code: CloseCode::Protocol,
-                    reason: Utf8Bytes::from_static("Protocol violation"),
+                    reason: Utf8Bytes::from(format!("close code {code} may not be sent")),
                 }));
             }
-            Ok(Some(CloseFrame { code, reason }))
+            Ok(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason,
+            }))
         }
     }
 }
@@ -883,24 +890,47 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_close_code_not_for_the_wire_reads_as_a_protocol_error() {
+    /// The close frame the reader makes of a client's close payload.
+    async fn read_close(payload: &[u8]) -> Result<Option<CloseFrame>, ReadError> {
         let (mut client, mut server) = pair().await;
         let mut reader = Reader::new(Vec::new(), &limits(), None);
-        // 1005 (no status) may never be sent.
         client
-            .write_all(&client_frame(true, opcode::CLOSE, &[0x03, 0xED]))
+            .write_all(&client_frame(true, opcode::CLOSE, payload))
             .await
             .unwrap();
-        let mut got = Vec::new();
-        while got.is_empty() {
-            got.extend(drain(&mut reader, &mut server).await);
-            tokio::task::yield_now().await;
+        let read = std::future::poll_fn(|cx| reader.poll_next(&mut server, cx)).await;
+        match read {
+            Some(Ok(WsMessage::Close(frame))) => Ok(frame),
+            Some(Ok(other)) => panic!("{other:?}"),
+            Some(Err(err)) => Err(err),
+            None => panic!("stream ended"),
         }
-        let Ok(WsMessage::Close(Some(frame))) = &got[0] else {
-            panic!("{got:?}");
-        };
-        assert_eq!(frame.code, CloseCode::Protocol);
+    }
+
+    #[tokio::test]
+    async fn a_close_code_not_for_the_wire_reads_as_a_protocol_error() {
+        // Reserved (1005 no status, 1015 TLS) or unassigned (1016, 2999).
+        for code in [1005u16, 1015, 1016, 2999] {
+            let frame = read_close(&code.to_be_bytes()).await.unwrap().unwrap();
+            assert_eq!(frame.code, CloseCode::Protocol, "{code}");
+            assert!(frame.reason.contains(&code.to_string()), "{}", frame.reason);
+        }
+        // Registered codes, 1012-1014 included, are taken as sent.
+        for code in [1000u16, 1003, 1012, 1013, 1014, 3000, 4999] {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(b"bye");
+            let frame = read_close(&payload).await.unwrap().unwrap();
+            assert_eq!(u16::from(frame.code), code);
+            assert_eq!(frame.reason.as_str(), "bye");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_reason_that_is_not_utf8_is_1007_naming_the_close_frame() {
+        let err = read_close(&[0x03, 0xE8, 0xC0, 0x80]).await.unwrap_err();
+        let (code, reason) = err.close().unwrap();
+        assert_eq!(code, 1007);
+        assert_eq!(reason, "invalid UTF-8 in the close frame's reason");
     }
 
     #[tokio::test]

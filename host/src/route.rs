@@ -9,7 +9,9 @@
 //! module's pre-instantiated component and dropped when their last lease
 //! ends; a keyed instance's key-value store is kept for
 //! `limits.keyed_state_keep_ms` so a room that empties briefly keeps its
-//! state. [`RouteShared`] holds what belongs to the route rather than to
+//! state, within `limits.keyed_state_keep_keys` stores and
+//! `limits.keyed_state_keep_bytes` per route (the oldest are forgotten
+//! first, so clients cycling through keys cannot grow the server). [`RouteShared`] holds what belongs to the route rather than to
 //! an instance: every open connection, group membership and attachments.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -164,30 +166,105 @@ pub struct RouteHandle {
 #[derive(Default)]
 struct Instances {
     live: HashMap<InstanceKey, Live>,
-    /// Key-value stores of keyed instances, with the time their instance
-    /// was dropped (`None` while it lives).
-    kept: HashMap<String, (SharedKv, Option<Instant>)>,
-    /// Dropped keys in the order they were dropped, so expired stores are
-    /// found without scanning them all.
+    /// Key-value stores of keyed instances, live or kept after their
+    /// instance was dropped.
+    kept: HashMap<String, Kept>,
+    /// Dropped keys in the order they were dropped, so the oldest kept
+    /// stores are found without scanning them all. An entry whose key was
+    /// taken again since is stale and skipped.
     expiring: VecDeque<(Instant, String)>,
+    /// Stores kept for dropped keys, and their bytes.
+    dormant: usize,
+    dormant_bytes: usize,
     retired: bool,
 }
 
+/// A keyed instance's store.
+struct Kept {
+    kv: SharedKv,
+    /// When its instance was dropped; `None` while one lives.
+    dropped: Option<Instant>,
+    /// What it counts against `limits.keyed_state_keep_bytes` while
+    /// dormant (its store cannot change then).
+    bytes: usize,
+}
+
+/// What keeping one store costs beyond its keys and values: its key in
+/// the map and the queue, the store's map and lock.
+const KEPT_OVERHEAD: usize = 256;
+
+/// How long and how many dropped keys' stores a route keeps.
+#[derive(Debug, Clone, Copy)]
+struct KeepLimits {
+    time: Duration,
+    keys: usize,
+    bytes: usize,
+}
+
+impl KeepLimits {
+    fn of(limits: &crate::config::Limits) -> Self {
+        KeepLimits {
+            time: limits.keyed_state_keep(),
+            keys: limits.keyed_state_keep_keys,
+            bytes: limits.keyed_state_keep_bytes,
+        }
+    }
+}
+
 impl Instances {
-    /// Forgets the stores of keys dropped `keep` ago or more and not
-    /// used since.
-    fn expire(&mut self, keep: Duration) {
-        while let Some((dropped, _)) = self.expiring.front()
-            && dropped.elapsed() >= keep
-        {
+    /// The store of `key`, kept or new, now in use by a live instance.
+    fn take_kv(&mut self, key: &str, new: impl FnOnce() -> SharedKv) -> SharedKv {
+        let kept = self.kept.entry(key.to_owned()).or_insert_with(|| Kept {
+            kv: new(),
+            dropped: None,
+            bytes: 0,
+        });
+        if kept.dropped.take().is_some() {
+            self.dormant -= 1;
+            self.dormant_bytes -= kept.bytes;
+        }
+        kept.kv.clone()
+    }
+
+    /// The instance of `key` was dropped: its store is kept, within
+    /// `limits`, oldest forgotten first.
+    fn keep(&mut self, key: &str, limits: KeepLimits) {
+        let now = Instant::now();
+        if let Some(kept) = self.kept.get_mut(key) {
+            let bytes = kept.kv.lock().expect("kv lock").bytes();
+            kept.bytes = bytes + key.len() + KEPT_OVERHEAD;
+            kept.dropped = Some(now);
+            self.dormant += 1;
+            self.dormant_bytes += kept.bytes;
+            self.expiring.push_back((now, key.to_owned()));
+        }
+        self.expire(limits);
+    }
+
+    /// Forgets kept stores dropped `limits.time` ago or more, then the
+    /// oldest until the rest fit `limits.keys` and `limits.bytes`.
+    fn expire(&mut self, limits: KeepLimits) {
+        while let Some((dropped, _)) = self.expiring.front() {
+            let over = self.dormant > limits.keys || self.dormant_bytes > limits.bytes;
+            if !over && dropped.elapsed() < limits.time {
+                break;
+            }
             let (dropped, key) = self.expiring.pop_front().expect("front exists");
-            if self
-                .kept
-                .get(&key)
-                .is_some_and(|(_, at)| *at == Some(dropped))
+            if let Some(kept) = self.kept.get(&key)
+                && kept.dropped == Some(dropped)
             {
+                self.dormant -= 1;
+                self.dormant_bytes -= kept.bytes;
                 self.kept.remove(&key);
             }
+        }
+        // A key dropped and taken again often leaves stale entries behind:
+        // keep the queue within a small multiple of what it tracks.
+        if self.expiring.len() > 2 * self.dormant + 64 {
+            let kept = &self.kept;
+            self.expiring.retain(|(dropped, key)| {
+                kept.get(key).is_some_and(|k| k.dropped == Some(*dropped))
+            });
         }
     }
 }
@@ -288,32 +365,23 @@ impl RouteHandle {
         }
         let max = self.runtime.config().route_max_instances(&module.name);
         if instances.live.len() >= max {
-            return Err(Rejection::new(
+            return Err(Rejection::try_later(
                 503,
                 format!(
                     "route {} is at its instance limit ({max}); try again later",
                     module.name
                 ),
-            )
-            .with_header("Retry-After", "1"));
+            ));
         }
         let Some(slot) = self.runtime.reserve_instance() else {
-            return Err(Rejection::new(
+            return Err(Rejection::try_later(
                 503,
                 "the server is at its instance limit (sandbox.pool_instances); try again later",
-            )
-            .with_header("Retry-After", "1"));
+            ));
         };
-        instances.expire(self.runtime.config().limits.keyed_state_keep());
+        instances.expire(KeepLimits::of(&self.runtime.config().limits));
         let kv = match &key {
-            InstanceKey::Keyed(value) => {
-                let (kv, dropped) = instances
-                    .kept
-                    .entry(value.clone())
-                    .or_insert_with(|| (self.runtime.new_kv(), None));
-                *dropped = None;
-                kv.clone()
-            }
+            InstanceKey::Keyed(value) => instances.take_kv(value, || self.runtime.new_kv()),
             _ => self.runtime.new_kv(),
         };
         let handle = self.instance(module, kv, Some(slot));
@@ -395,14 +463,11 @@ impl Drop for Lease {
         // The last connection left, after its on-close: the instance ends
         // with this lease, which holds the last handle but the map's.
         instances.live.remove(&self.key);
-        if let InstanceKey::Keyed(value) = &self.key
-            && let Some((_, dropped)) = instances.kept.get_mut(value)
-        {
-            let now = Instant::now();
-            *dropped = Some(now);
-            instances.expiring.push_back((now, value.clone()));
+        let limits = KeepLimits::of(&self.route.runtime.config().limits);
+        match &self.key {
+            InstanceKey::Keyed(value) => instances.keep(value, limits),
+            _ => instances.expire(limits),
         }
-        instances.expire(self.route.runtime.config().limits.keyed_state_keep());
     }
 }
 
@@ -410,30 +475,118 @@ impl Drop for Lease {
 mod tests {
     use super::*;
 
+    fn kv(bytes: usize) -> SharedKv {
+        let mut store = crate::state::KvStore::new(1 << 20, 1 << 20);
+        if bytes > 0 {
+            store.set("k".into(), vec![0; bytes - 1]).unwrap();
+        }
+        Arc::new(Mutex::new(store))
+    }
+
+    const FOREVER: KeepLimits = KeepLimits {
+        time: Duration::from_secs(3600),
+        keys: usize::MAX,
+        bytes: usize::MAX,
+    };
+
+    fn kept(instances: &Instances) -> Vec<&str> {
+        let mut keys: Vec<&str> = instances
+            .kept
+            .iter()
+            .filter(|(_, k)| k.dropped.is_some())
+            .map(|(key, _)| key.as_str())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     #[test]
     fn expiry_forgets_only_stores_dropped_long_enough_and_not_reused() {
-        let kv = || -> SharedKv { Arc::new(Mutex::new(crate::state::KvStore::new(16, 64))) };
-        let long_ago = Instant::now() - Duration::from_secs(10);
-        let now = Instant::now();
         let mut instances = Instances::default();
-        for (key, dropped) in [
-            ("old", Some(long_ago)),
-            ("recent", Some(now)),
-            ("reused", None),
-        ] {
-            instances.kept.insert(key.into(), (kv(), dropped));
+        for key in ["old", "reused", "recent"] {
+            instances.take_kv(key, || kv(0));
+            instances.keep(key, FOREVER);
         }
-        instances.expiring.push_back((long_ago, "old".into()));
-        // Dropped long ago, then taken again by a new instance.
-        instances.expiring.push_back((long_ago, "reused".into()));
-        instances.expiring.push_back((now, "recent".into()));
-        instances.expire(Duration::from_secs(5));
-        let mut left: Vec<&str> = instances.kept.keys().map(String::as_str).collect();
-        left.sort();
-        assert_eq!(left, ["recent", "reused"]);
+        // "old" and "reused" were dropped long ago; "reused" was then taken
+        // again by a new instance.
+        let long_ago = Instant::now() - Duration::from_secs(10);
+        for entry in instances.expiring.iter_mut().take(2) {
+            entry.0 = long_ago;
+            instances.kept.get_mut(&entry.1).unwrap().dropped = Some(long_ago);
+        }
+        instances.take_kv("reused", || kv(0));
+        let five_s = KeepLimits {
+            time: Duration::from_secs(5),
+            ..FOREVER
+        };
+        instances.expire(five_s);
+        assert_eq!(kept(&instances), ["recent"]);
+        assert!(instances.kept.contains_key("reused"), "in use, not kept");
         assert_eq!(instances.expiring.len(), 1);
-        instances.expire(Duration::ZERO);
+        assert_eq!(instances.dormant, 1);
+        instances.expire(KeepLimits {
+            time: Duration::ZERO,
+            ..FOREVER
+        });
         assert!(!instances.kept.contains_key("recent"));
         assert!(instances.kept.contains_key("reused"));
+        assert_eq!((instances.dormant, instances.dormant_bytes), (0, 0));
+    }
+
+    #[test]
+    fn kept_stores_are_capped_by_count_and_bytes_oldest_first() {
+        let mut instances = Instances::default();
+        let by_count = KeepLimits { keys: 3, ..FOREVER };
+        for i in 0..10 {
+            let key = format!("room{i}");
+            instances.take_kv(&key, || kv(1000));
+            instances.keep(&key, by_count);
+        }
+        assert_eq!(kept(&instances), ["room7", "room8", "room9"]);
+        assert_eq!(instances.dormant, 3);
+
+        // Each store is 1000 bytes + its key + the overhead.
+        let each = 1000 + "room0".len() + KEPT_OVERHEAD;
+        assert_eq!(instances.dormant_bytes, 3 * each);
+        let by_bytes = KeepLimits {
+            bytes: 2 * each,
+            ..FOREVER
+        };
+        instances.expire(by_bytes);
+        assert_eq!(kept(&instances), ["room8", "room9"]);
+        // A store larger than the whole budget is not kept at all.
+        instances.take_kv("huge", || kv(10 * each));
+        instances.keep("huge", by_bytes);
+        assert!(!instances.kept.contains_key("huge"));
+        assert!(instances.kept.is_empty());
+        assert_eq!((instances.dormant, instances.dormant_bytes), (0, 0));
+
+        // Taking a kept store again takes it out of the budget.
+        instances.take_kv("back", || kv(1000));
+        instances.keep("back", FOREVER);
+        assert_eq!(instances.dormant, 1);
+        instances.take_kv("back", || unreachable!("kept"));
+        assert_eq!((instances.dormant, instances.dormant_bytes), (0, 0));
+        instances.expire(KeepLimits {
+            keys: 0,
+            bytes: 0,
+            ..FOREVER
+        });
+        assert!(instances.kept.contains_key("back"), "live stores stay");
+    }
+
+    #[test]
+    fn a_key_taken_and_dropped_over_and_over_does_not_grow_the_queue() {
+        let mut instances = Instances::default();
+        for _ in 0..10_000 {
+            instances.take_kv("busy", || kv(10));
+            instances.keep("busy", FOREVER);
+        }
+        assert_eq!(instances.dormant, 1);
+        assert!(
+            instances.expiring.len() <= 2 + 64,
+            "{}",
+            instances.expiring.len()
+        );
     }
 }

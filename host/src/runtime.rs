@@ -22,7 +22,7 @@ use wasmtime::{
 
 use crate::bindings::Controller;
 use crate::config::Config;
-use crate::host_api::{HostOwned, HostState};
+use crate::host_api::{GuestSizes, HostOwned, HostState};
 use crate::route::RouteShared;
 use crate::state::{KvStore, SharedKv};
 
@@ -47,9 +47,7 @@ pub struct Runtime {
     /// Epoch ticks one event may use.
     budget_ticks: u64,
     max_memory_bytes: usize,
-    max_message_bytes: usize,
-    state_value_bytes: usize,
-    state_total_bytes: usize,
+    sizes: GuestSizes,
 }
 
 impl Runtime {
@@ -103,9 +101,7 @@ impl Runtime {
             linker,
             budget_ticks: config.sandbox.event_budget_ms.div_ceil(tick_ms).max(1),
             max_memory_bytes: config.sandbox.max_memory_bytes,
-            max_message_bytes: config.limits.max_message_bytes,
-            state_value_bytes: config.sandbox.state_value_bytes,
-            state_total_bytes: config.sandbox.state_total_bytes,
+            sizes: GuestSizes::of(&config),
         }))
     }
 
@@ -115,11 +111,11 @@ impl Runtime {
     }
 
     /// Reserves room for one more instance, or `None` when the pool is
-    /// full (a few slots stay free for loading modules and swapping
-    /// versions). Taken before the instance is created, so a burst of new
+    /// full ([`crate::config::RESERVED_INSTANCES`] slots stay free for
+    /// loading modules and swapping versions). Taken before the instance is created, so a burst of new
     /// keys cannot overfill the pool.
     pub fn reserve_instance(&self) -> Option<InstanceSlot> {
-        const RESERVED: usize = 8;
+        let reserved = crate::config::RESERVED_INSTANCES as usize;
         let live = &self.live_instances;
         match self.max_instances {
             None => {
@@ -127,7 +123,7 @@ impl Runtime {
             }
             Some(max) => {
                 live.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n + RESERVED < max).then_some(n + 1)
+                    (n + reserved < max).then_some(n + 1)
                 })
                 .ok()?;
             }
@@ -148,8 +144,8 @@ impl Runtime {
     /// An empty key-value store with the configured caps.
     pub fn new_kv(&self) -> SharedKv {
         Arc::new(std::sync::Mutex::new(KvStore::new(
-            self.state_value_bytes,
-            self.state_total_bytes,
+            self.sizes.state_value_bytes,
+            self.sizes.state_total_bytes,
         )))
     }
 
@@ -165,13 +161,7 @@ impl Runtime {
             .memory_size(self.max_memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState::new(
-            route,
-            owned,
-            self.max_message_bytes,
-            self.config.sandbox.attachment_bytes,
-            limits,
-        );
+        let state = HostState::new(route, owned, self.sizes, limits);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.epoch_deadline_callback(|mut ctx| {

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::admission::{Admission, Permit};
+use crate::admission::{Admission, Permit, UpgradePermit};
 use crate::auth::{Guard, Principal};
 use crate::config::Config;
 use crate::connection::{self, ConnectionInfo};
@@ -191,29 +191,45 @@ impl Server {
         let next_id = Arc::new(AtomicU64::new(1));
         let admission = Admission::new(config.clone());
         tokio::pin!(shutdown);
+        let mut backoff = AcceptBackoff::default();
         loop {
-            tokio::select! {
+            let accepted = tokio::select! {
                 () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let conn = Accepted {
-                            config: config.clone(),
-                            routes: routes.clone(),
-                            next_id: next_id.clone(),
-                            admission: admission.clone(),
-                            guard: guard.clone(),
-                            stopping: stopping.clone(),
-                            peer,
-                        };
-                        tracker.spawn(conn.run(stream));
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => {
+                    backoff.succeeded();
+                    accepted
+                }
+                Err(err) => {
+                    if let Some(pause) = backoff.failed(&err) {
+                        tokio::select! {
+                            () = &mut shutdown => break,
+                            () = tokio::time::sleep(pause) => {}
+                        }
                     }
-                    Err(err) => {
-                        // Out of file descriptors and the like: wait a little.
-                        warn!(error = %err, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                },
-            }
+                    continue;
+                }
+            };
+            let upgrading = match admission.begin_upgrade(peer.ip()) {
+                Ok(permit) => permit,
+                Err(rejection) => {
+                    debug!(%peer, status = rejection.status, reason = %rejection.body, "connection refused before its upgrade");
+                    handshake::refuse_now(stream, &rejection);
+                    continue;
+                }
+            };
+            let conn = Accepted {
+                config: config.clone(),
+                routes: routes.clone(),
+                next_id: next_id.clone(),
+                admission: admission.clone(),
+                guard: guard.clone(),
+                stopping: stopping.clone(),
+                peer,
+            };
+            tracker.spawn(conn.run(stream, upgrading));
         }
         drop(listener);
         info!(
@@ -245,11 +261,13 @@ struct Accepted {
 }
 
 impl Accepted {
-    async fn run(self, stream: TcpStream) {
+    async fn run(self, stream: TcpStream, upgrading: UpgradePermit) {
         // Both phases are boxed, so the task of every connection is small:
         // the handshake's futures are freed after the upgrade, and the
         // connection's are allocated at their own size.
-        if let Some(connection) = Box::pin(self.upgrade(stream)).await {
+        let connection = Box::pin(self.upgrade(stream)).await;
+        drop(upgrading);
+        if let Some(connection) = connection {
             connection.await;
         }
     }
@@ -421,4 +439,49 @@ struct Admitted {
     principal: Option<Principal>,
     /// Holds the connection's places in the limits until it ends.
     _permit: Permit,
+}
+
+/// Paces the accept loop while accepting fails for want of a resource (out
+/// of file descriptors, buffers or memory): the listening socket stays
+/// ready then, and retrying at once would spin. The pause doubles from
+/// 5 ms to 1 s; the first failure of a run is logged, and its end.
+#[derive(Default)]
+struct AcceptBackoff {
+    failures: u64,
+    pause: std::time::Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(5);
+    const LONGEST: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// An accept failed: how long to wait before the next one (`None`
+    /// for a failure that concerns only the connection that failed).
+    fn failed(&mut self, err: &std::io::Error) -> Option<std::time::Duration> {
+        use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted};
+        if matches!(
+            err.kind(),
+            ConnectionAborted | ConnectionReset | Interrupted
+        ) {
+            debug!(error = %err, "accept failed for one connection");
+            return None;
+        }
+        if self.failures == 0 {
+            warn!(error = %err, "accept failed; pausing new connections until it succeeds \
+                (raise the open-file limit, `ulimit -n`, or lower limits.max_connections)");
+            self.pause = Self::FIRST;
+        } else {
+            self.pause = (self.pause * 2).min(Self::LONGEST);
+        }
+        self.failures += 1;
+        Some(self.pause)
+    }
+
+    /// An accept succeeded.
+    fn succeeded(&mut self) {
+        if self.failures > 0 {
+            info!(failures = self.failures, "accepting connections again");
+            self.failures = 0;
+        }
+    }
 }

@@ -508,3 +508,150 @@ pub async fn python_clients(script: &str, args: &[&str]) -> Vec<serde_json::Valu
         .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
+
+/// A server in a process of its own (`serve_alone`), for tests that limit
+/// or measure the whole process: its open-file limit, its memory.
+pub struct AloneServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+    stderr: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl AloneServer {
+    /// Runs `serve_alone` (pass `env!("CARGO_BIN_EXE_serve_alone")`: only
+    /// the tests themselves know where cargo put it) on `modules`, with
+    /// `config` appended to a config file that listens on a free port,
+    /// without hot reload, giving handshakes 60 s and close answers 500 ms;
+    /// the process may hold `file_limit` open files.
+    pub async fn start(
+        serve_alone: &str,
+        modules: &[&str],
+        config: &str,
+        file_limit: usize,
+    ) -> AloneServer {
+        use tokio::io::AsyncBufReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        for name in modules {
+            std::fs::copy(module(name), dir.path().join(format!("{name}.wasm"))).unwrap();
+        }
+        let file = dir.path().join("switchyard.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "listen = \"127.0.0.1:0\"\ncontrollers = \".\"\nhot_reload = false\n\
+                 [limits]\nhandshake_timeout_ms = 60000\nclose_timeout_ms = 500\n{config}"
+            ),
+        )
+        .unwrap();
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n {file_limit} && exec \"$0\" \"$1\""))
+            .arg(serve_alone)
+            .arg(&file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        tokio::time::timeout(WAIT, stdout.read_line(&mut line))
+            .await
+            .expect("the server did not start")
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ws://")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .parse()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        AloneServer {
+            addr,
+            child,
+            stderr,
+            _dir: dir,
+        }
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `needle`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        tokio::time::timeout(WAIT, async {
+            while !self.log().contains(needle) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} in the server's log:\n{}", self.log()));
+    }
+
+    /// The server's resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        let pid = self.child.id().expect("the server is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
+    /// A TCP connection from `from` (any 127.x.y.z address is this
+    /// machine's).
+    pub async fn socket_from(&self, from: std::net::Ipv4Addr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        tokio::time::timeout(WAIT, socket.connect(self.addr))
+            .await
+            .unwrap_or_else(|_| panic!("connect timed out; server log:\n{}", self.log()))
+            .unwrap()
+    }
+
+    /// A WebSocket client from `from` on `path`.
+    pub async fn connect_from(&self, from: std::net::Ipv4Addr, path: &str) -> Ws {
+        let stream = self.socket_from(from).await;
+        let url = format!("ws://{}{path}", self.addr);
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the upgrade from {from} was not answered; server log:\n{}",
+                self.log()
+            )
+        })
+        .unwrap();
+        ws
+    }
+
+    /// A WebSocket client on `path`.
+    pub async fn connect(&self, path: &str) -> Ws {
+        self.connect_from(std::net::Ipv4Addr::LOCALHOST, path).await
+    }
+
+    /// Closes its standard input and waits for it to stop.
+    pub async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+}

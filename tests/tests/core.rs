@@ -286,6 +286,98 @@ async fn unknown_paths_get_404_and_plain_http_gets_426() {
     server.stop().await;
 }
 
+/// RFC 6455 §4.2.1: a server refuses these upgrades with 400, and says why.
+#[tokio::test]
+async fn upgrades_the_rfc_refuses_get_400_with_the_reason() {
+    let server = TestServer::start(&["echo"]).await;
+    let upgrade = |version: &str, headers: &str| {
+        format!(
+            "GET /echo HTTP/{version}\r\n{headers}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    let good_key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let cases = [
+        (
+            upgrade("1.0", &format!("Host: x\r\n{good_key}")),
+            "needs HTTP/1.1 or later",
+        ),
+        (upgrade("1.1", good_key), "missing Host header"),
+        (
+            upgrade("1.1", "Host: x\r\nSec-WebSocket-Key: x\r\n"),
+            "must be 16 bytes in base64",
+        ),
+        (
+            // 15 bytes, well-formed base64.
+            upgrade(
+                "1.1",
+                "Host: x\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAA\r\n",
+            ),
+            "must be 16 bytes in base64",
+        ),
+        (
+            upgrade("1.1", &format!("Host: x\r\n{good_key}{good_key}")),
+            "more than one Sec-WebSocket-Key",
+        ),
+    ];
+    for (request, reason) in cases {
+        let response = raw_http(server.addr, &request).await;
+        assert!(
+            response.starts_with("HTTP/1.1 400 "),
+            "{request:?}: {response}"
+        );
+        assert!(response.contains(reason), "{request:?}: {response}");
+    }
+    // With HTTP/1.1, a Host and one good key, the upgrade goes through.
+    raw_upgrade(server.addr, "/echo").await;
+    server.stop().await;
+}
+
+/// A controller built against WIT 0.3.0, before `host.get-limits` was added,
+/// still loads and serves (the host matches 0.3.x imports).
+#[tokio::test]
+async fn a_controller_built_against_wit_0_3_0_still_serves() {
+    let server = TestServer::start(&["compat_030"]).await;
+    assert!(server.rejected.is_empty(), "{:?}", server.rejected);
+    let mut ws = server.connect("/compat").await;
+    assert_eq!(recv_text(&mut ws).await, "built against 0.3.0");
+    send_text(&mut ws, "old and new").await;
+    assert_eq!(recv_text(&mut ws).await, "old and new");
+    server.stop().await;
+}
+
+/// `host.get-limits` reports the configured sizes, and the SDK's
+/// `Message::try_json` refuses, to the controller, a message the host
+/// would not send.
+#[tokio::test]
+async fn a_controller_learns_the_limits_and_builds_messages_within_them() {
+    let mut config = test_config();
+    config.limits.max_message_bytes = 5_000;
+    config.limits.max_frame_bytes = 5_000;
+    config.sandbox.attachment_bytes = 1_000;
+    config.sandbox.state_value_bytes = 2_000;
+    config.sandbox.state_total_bytes = 30_000;
+    let server = TestServer::start_with(&["probe"], config).await;
+    let mut ws = server.connect("/probe/").await;
+    let limits: serde_json::Value = serde_json::from_str(&ask(&mut ws, "limits").await).unwrap();
+    assert_eq!(
+        limits,
+        json!({
+            "max_message_bytes": 5_000,
+            "attachment_bytes": 1_000,
+            "state_value_bytes": 2_000,
+            "state_total_bytes": 30_000,
+        })
+    );
+    // A JSON string of n characters is n + 2 bytes.
+    assert_eq!(ask(&mut ws, "json-of 4998").await.len(), 5_000);
+    assert_eq!(
+        ask(&mut ws, "json-of 4999").await,
+        "refused: a message of 5001 bytes exceeds the host's limit of 5000 bytes"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn bad_modules_are_rejected_and_good_ones_serve() {
     let dir = tempfile::tempdir().unwrap();

@@ -63,6 +63,97 @@ async fn rooms_are_isolated_with_presence_history_and_a_lobby_across_rooms() {
     server.stop().await;
 }
 
+/// The rooms sample bounds what it keeps and sends: 70 members with
+/// 16,000-character names all get a welcome (the 66th and later got
+/// nothing when the welcome listed every full name and outgrew the 1 MiB
+/// message limit), naming at most 50 others by their first 32 characters
+/// and counting them all; a message over 2,000 bytes is refused to its
+/// sender and kept out of the history.
+#[tokio::test]
+async fn the_rooms_sample_bounds_names_welcomes_and_messages() {
+    let server = TestServer::start(&["rooms"]).await;
+    let mut members = Vec::new();
+    for i in 0..70 {
+        let name = format!("{i:02}{}", "n".repeat(15_998));
+        let mut ws = server.connect(&format!("/rooms/big?name={name}")).await;
+        let welcome = recv_json(&mut ws).await;
+        assert_eq!(welcome["type"], "welcome", "member {i}");
+        assert_eq!(welcome["others"], i, "member {i}");
+        let present = welcome["present"].as_array().unwrap();
+        assert_eq!(present.len(), i.min(50), "member {i}");
+        for (j, name) in present.iter().enumerate() {
+            let name = name.as_str().unwrap();
+            assert_eq!(name.len(), 32);
+            assert!(name.starts_with(&format!("{j:02}nnn")), "{name}");
+        }
+        assert_eq!(welcome["you"].as_str().unwrap().len(), 32);
+        members.push(ws);
+    }
+
+    // The first member heard 69 joins before anything else.
+    let first = &mut members[0];
+    for _ in 1..70 {
+        assert_eq!(recv_json(first).await["type"], "join");
+    }
+    send_text(first, &"x".repeat(2_001)).await;
+    let refused = recv_json(first).await;
+    assert_eq!(refused["type"], "error");
+    assert!(
+        refused["data"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2000 bytes")
+    );
+    send_text(first, &"x".repeat(2_000)).await;
+    let said = recv_json(first).await;
+    assert_eq!(said["type"], "message");
+    assert_eq!(said["data"].as_str().unwrap().len(), 2_000);
+    let newcomer = &mut server.connect("/rooms/big?name=late").await;
+    let welcome = recv_json(newcomer).await;
+    assert_eq!(welcome["history"].as_array().unwrap().len(), 1);
+    server.stop().await;
+}
+
+/// With a message limit too small for a full welcome, the rooms sample
+/// learns it from `Message::try_json` and sends a smaller one: without the
+/// history, then without the names.
+#[tokio::test]
+async fn the_rooms_welcome_shrinks_to_the_hosts_message_limit() {
+    let mut config = test_config();
+    config.limits.max_message_bytes = 4_096;
+    config.limits.max_frame_bytes = 4_096;
+    let server = TestServer::start_with(&["rooms"], config).await;
+    let mut alice = server.connect("/rooms/small?name=alice").await;
+    recv_json(&mut alice).await;
+    for _ in 0..5 {
+        send_text(&mut alice, &"h".repeat(1_500)).await;
+        assert_eq!(recv_json(&mut alice).await["type"], "message");
+    }
+    // 5 x 1.5 KB of history do not fit in 4 KiB: the names do.
+    let mut bob = server.connect("/rooms/small?name=bob").await;
+    let welcome = recv_json(&mut bob).await;
+    assert_eq!(welcome["present"], json!(["alice"]));
+    assert_eq!(welcome["history"], json!([]));
+    assert_eq!(welcome["others"], 1);
+
+    // 50 names of 32 four-byte characters (6.4 KB) do not fit either.
+    let mut crowd = Vec::new();
+    for i in 0..50 {
+        // 🚂, percent-encoded in the URL.
+        let name = format!("{i:02}{}", "%F0%9F%9A%82".repeat(40));
+        let mut ws = server.connect(&format!("/rooms/small?name={name}")).await;
+        recv_json(&mut ws).await;
+        crowd.push(ws);
+    }
+    let mut carol = server.connect("/rooms/small?name=carol").await;
+    let welcome = recv_json(&mut carol).await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["present"], json!([]));
+    assert_eq!(welcome["history"], json!([]));
+    assert_eq!(welcome["others"], 52);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn broadcast_and_connections_are_scoped_to_the_instance() {
     let server = TestServer::start(&["keyed"]).await;

@@ -133,8 +133,9 @@ async fn pings_from_a_client_that_reads_nothing_end_as_a_slow_consumer() {
 }
 
 /// The peer's close is answered with the same frame, and then the
-/// connection ends; a code that may not be sent on the wire (1005 means
-/// "no code", never sent) is a protocol error, answered as 1002.
+/// connection ends: 4321, and 1014 (bad gateway, registered after RFC 6455).
+/// A code that may not be sent on the wire (1005 means "no code", never
+/// sent) is a protocol error, answered as 1002 naming the code.
 #[tokio::test]
 async fn a_close_is_answered_in_kind_and_a_forbidden_code_as_1002() {
     let server = TestServer::start(&["echo"]).await;
@@ -143,7 +144,11 @@ async fn a_close_is_answered_in_kind_and_a_forbidden_code_as_1002() {
             &[0x10, 0xE1, b'b', b'y', b'e'][..],
             &[0x10, 0xE1, b'b', b'y', b'e'][..],
         ),
-        (&[0x03, 0xED][..], &b"\x03\xeaProtocol violation"[..]),
+        (&[0x03, 0xF6, b'g', b'w'][..], &[0x03, 0xF6, b'g', b'w'][..]),
+        (
+            &[0x03, 0xED][..],
+            &b"\x03\xeaclose code 1005 may not be sent"[..],
+        ),
     ] {
         let mut stream = raw_upgrade(server.addr, "/echo").await;
         stream

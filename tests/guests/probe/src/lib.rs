@@ -105,6 +105,23 @@ impl Controller for Probe {
                 switchyard_sdk::log(LogLevel::Info, rest);
                 Message::text("ok")
             }
+            "limits" => {
+                let limits = switchyard_sdk::limits();
+                Message::json(&json!({
+                    "max_message_bytes": limits.max_message_bytes,
+                    "attachment_bytes": limits.attachment_bytes,
+                    "state_value_bytes": limits.state_value_bytes,
+                    "state_total_bytes": limits.state_total_bytes,
+                }))
+            }
+            "json-of" => {
+                // A JSON string of `n` characters, built with the size check.
+                let n: usize = rest.parse().unwrap_or(0);
+                match Message::try_json(&"y".repeat(n)) {
+                    Ok(message) => message,
+                    Err(err) => Message::text(format!("refused: {err}")),
+                }
+            }
             "panic" => panic!("the probe was asked to panic"),
             "print" => {
                 println!("{rest}");
