@@ -36,6 +36,8 @@ fn main() -> anyhow::Result<()> {
         "guest-sdk/src",
         "guest-sdk/macros/src",
         "guest-sdk/Cargo.toml",
+        "grammar/src",
+        "grammar/Cargo.toml",
     ] {
         println!("cargo:rerun-if-changed={}", repo.join(dir).display());
     }

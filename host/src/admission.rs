@@ -14,7 +14,7 @@
 //! places back when dropped, however the connection ends.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
@@ -38,6 +38,20 @@ struct Counts {
     upgrading_from: HashMap<IpAddr, usize>,
 }
 
+/// The unit per-address limits count by: an IPv4 address (an IPv4-mapped
+/// IPv6 one counts as its IPv4 address), or the /64 network of an IPv6
+/// address, since one IPv6 client usually holds a whole /64 and could
+/// otherwise use a fresh address per connection.
+fn client(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
+
 /// Takes one from a per-address count, forgetting addresses at zero.
 fn release(counts: &mut HashMap<IpAddr, usize>, address: IpAddr) {
     if let Some(n) = counts.get_mut(&address) {
@@ -52,6 +66,8 @@ fn release(counts: &mut HashMap<IpAddr, usize>, address: IpAddr) {
 /// when dropped (after the upgrade's answer, whatever it was).
 pub struct UpgradePermit {
     admission: Arc<Admission>,
+    /// The client counted against `max_handshakes_per_ip`; `None` when
+    /// that limit is off (nothing was counted per address).
     address: Option<IpAddr>,
 }
 
@@ -74,6 +90,7 @@ impl Admission {
     /// Takes a place for a connection from `address` to `route`, or says
     /// which limit is reached.
     pub fn admit(self: &Arc<Self>, route: &Arc<str>, address: IpAddr) -> Result<Permit, Rejection> {
+        let address = client(address);
         let limits = &self.config.limits;
         let route_limit = self.config.route_max_connections(route);
         let per_address =
@@ -102,7 +119,7 @@ impl Admission {
             if *from_address >= limit {
                 return Err(Rejection::try_later(
                     429,
-                    format!("too many connections from your address (limit {limit})"),
+                    format!("too many connections from your address or network (limit {limit})"),
                 ));
             }
             *from_address += 1;
@@ -119,6 +136,7 @@ impl Admission {
     /// Takes a place for an upgrade from `address`, or says which limit of
     /// upgrades in progress is reached.
     pub fn begin_upgrade(self: &Arc<Self>, address: IpAddr) -> Result<UpgradePermit, Rejection> {
+        let address = client(address);
         let limits = &self.config.limits;
         let per_address =
             (limits.max_handshakes_per_ip > 0).then_some(limits.max_handshakes_per_ip);
@@ -137,7 +155,9 @@ impl Admission {
             if *from_address >= limit {
                 return Err(Rejection::try_later(
                     429,
-                    format!("too many upgrades in progress from your address (limit {limit})"),
+                    format!(
+                        "too many upgrades in progress from your address or network (limit {limit})"
+                    ),
                 ));
             }
             *from_address += 1;
@@ -269,5 +289,23 @@ mod tests {
         drop(held);
         assert!(admission.counts.lock().unwrap().upgrading_from.is_empty());
         admission.begin_upgrade(A).unwrap();
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let admission = admission("[limits]\nmax_handshakes_per_ip = 2\n");
+        let v6 = |text: &str| IpAddr::V6(text.parse().unwrap());
+        let _a = admission.begin_upgrade(v6("2001:db8:1:2::1")).unwrap();
+        let _b = admission.begin_upgrade(v6("2001:db8:1:2:ffff::9")).unwrap();
+        let refused = admission
+            .begin_upgrade(v6("2001:db8:1:2:1234::77"))
+            .err()
+            .unwrap();
+        assert_eq!(refused.status, 429);
+        // Another /64 is another client.
+        let _c = admission.begin_upgrade(v6("2001:db8:1:3::1")).unwrap();
+        let _d = admission.begin_upgrade(A).unwrap();
+        let _e = admission.begin_upgrade(v6("::ffff:10.0.0.1")).unwrap();
+        assert_eq!(admission.begin_upgrade(A).err().unwrap().status, 429);
     }
 }

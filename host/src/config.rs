@@ -11,9 +11,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use switchyard_grammar::Mode;
 
-/// How a route's connections are spread over instances.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// How a route's connections are spread over instances. Read from the
+/// config as `"shared"`, `"per-connection"` or `"keyed:<param>"`, parsed
+/// once, there.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub enum InstanceMode {
     /// One instance for every connection of the route.
     Shared,
@@ -26,16 +30,19 @@ pub enum InstanceMode {
 impl InstanceMode {
     /// Parses `shared`, `per-connection` or `keyed:<param>`.
     pub fn parse(text: &str) -> Result<InstanceMode, String> {
-        match text {
-            "shared" => Ok(InstanceMode::Shared),
-            "per-connection" => Ok(InstanceMode::PerConnection),
-            _ => match text.strip_prefix("keyed:") {
-                Some(param) if !param.is_empty() => Ok(InstanceMode::Keyed(param.to_owned())),
-                _ => Err(format!(
-                    "`{text}` is not an instance mode: use \"shared\", \"per-connection\" or \"keyed:<route parameter>\""
-                )),
-            },
-        }
+        Ok(match switchyard_grammar::instance_mode(text)? {
+            Mode::Shared => InstanceMode::Shared,
+            Mode::PerConnection => InstanceMode::PerConnection,
+            Mode::Keyed(param) => InstanceMode::Keyed(param.to_owned()),
+        })
+    }
+}
+
+impl TryFrom<String> for InstanceMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        InstanceMode::parse(&text)
     }
 }
 
@@ -185,7 +192,7 @@ pub struct RouteConfig {
     pub is_granted: Option<Vec<String>>,
     /// Instance mode, replacing the controller's own: `"shared"`,
     /// `"per-connection"` or `"keyed:<route parameter>"`.
-    pub instance: Option<String>,
+    pub instance: Option<InstanceMode>,
     /// Live instances this route may have at once (a keyed or
     /// per-connection route); overrides `limits.max_instances_per_route`.
     pub max_instances: Option<usize>,
@@ -461,15 +468,11 @@ impl Config {
         declared: &InstanceMode,
         pattern: &crate::router::RoutePattern,
     ) -> anyhow::Result<InstanceMode> {
-        let mode = match self
+        let mode = self
             .routes
             .get(name)
-            .and_then(|route| route.instance.as_deref())
-        {
-            Some(text) => InstanceMode::parse(text)
-                .map_err(|err| anyhow::anyhow!("`routes.{name}.instance`: {err}"))?,
-            None => declared.clone(),
-        };
+            .and_then(|route| route.instance.clone())
+            .unwrap_or_else(|| declared.clone());
         if let InstanceMode::Keyed(param) = &mode {
             anyhow::ensure!(
                 pattern.captures(param),
@@ -599,12 +602,6 @@ impl Config {
                 l.idle_timeout_ms,
                 l.ping_interval_ms
             );
-        }
-        for (name, route) in &self.routes {
-            if let Some(text) = &route.instance {
-                InstanceMode::parse(text)
-                    .map_err(|err| anyhow::anyhow!("`routes.{name}.instance`: {err}"))?;
-            }
         }
         if let Some(secret) = &self.auth.hs256_secret {
             anyhow::ensure!(

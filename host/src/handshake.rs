@@ -153,6 +153,25 @@ impl Rejection {
         self.headers.push((name, value.to_owned()));
         self
     }
+
+    /// The whole HTTP answer.
+    fn response(&self) -> String {
+        let body = format!("{}\n", self.body);
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+            self.status,
+            reason_phrase(self.status),
+            body.len()
+        );
+        if !self.headers.iter().any(|(name, _)| *name == "Connection") {
+            head.push_str("Connection: close\r\n");
+        }
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        head + &body
+    }
 }
 
 fn reason_phrase(status: u16) -> &'static str {
@@ -195,8 +214,10 @@ pub fn check_upgrade(request: &Request) -> Result<String, Rejection> {
             "a WebSocket upgrade needs HTTP/1.1 or later, not HTTP/1.0",
         ));
     }
-    if request.headers("Host").next().is_none() {
-        return Err(Rejection::new(400, "missing Host header"));
+    match request.headers("Host").count() {
+        0 => return Err(Rejection::new(400, "missing Host header")),
+        1 => {}
+        _ => return Err(Rejection::new(400, "more than one Host header")),
     }
     if !request.header_has_token("Connection", "upgrade") {
         return Err(Rejection::new(400, "missing `Connection: Upgrade`"));
@@ -225,27 +246,6 @@ pub fn check_upgrade(request: &Request) -> Result<String, Rejection> {
     }
 }
 
-impl Rejection {
-    /// The whole HTTP answer.
-    fn response(&self) -> String {
-        let body = format!("{}\n", self.body);
-        let mut head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
-            self.status,
-            reason_phrase(self.status),
-            body.len()
-        );
-        if !self.headers.iter().any(|(name, _)| *name == "Connection") {
-            head.push_str("Connection: close\r\n");
-        }
-        for (name, value) in &self.headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        head + &body
-    }
-}
-
 /// Writes a rejection and closes the write side.
 pub async fn reject(stream: &mut TcpStream, rejection: &Rejection) -> std::io::Result<()> {
     stream.write_all(rejection.response().as_bytes()).await?;
@@ -253,9 +253,12 @@ pub async fn reject(stream: &mut TcpStream, rejection: &Rejection) -> std::io::R
 }
 
 /// Refuses a socket without waiting on it: what has arrived of its request
-/// is read (up to a few KiB: closing a socket with unread bytes resets it,
-/// and the client might lose the answer), the answer goes out if the socket
-/// takes it in one write, and the socket is closed.
+/// is read (up to 4 KiB: closing a socket with unread bytes resets it, and
+/// the client may lose the answer), the answer goes out if the socket takes
+/// it in one write, and the socket is closed. A request that arrives after
+/// the close is answered with a reset by the kernel: such a client sees
+/// the connection reset rather than the status. This is for floods, where
+/// waiting on each socket is what must not happen.
 pub fn refuse_now(stream: TcpStream, rejection: &Rejection) {
     let mut scratch = [0u8; 4096];
     let _ = stream.try_read(&mut scratch);
@@ -327,6 +330,12 @@ mod tests {
 
         let no_host: Vec<_> = good.iter().copied().filter(|(n, _)| *n != "Host").collect();
         assert_eq!(refusal(1, &no_host), (400, "missing Host header".into()));
+        let mut two_hosts = good.clone();
+        two_hosts.push(("host", "y"));
+        assert_eq!(
+            refusal(1, &two_hosts),
+            (400, "more than one Host header".into())
+        );
 
         for bad_key in [
             "x",

@@ -192,6 +192,9 @@ struct Kept {
 /// What keeping one store costs beyond its keys and values: its key in
 /// the map and the queue, the store's map and lock.
 const KEPT_OVERHEAD: usize = 256;
+/// What one entry of a store costs beyond its key and value: the map's
+/// node share and two vectors' headers (many tiny entries cost mostly this).
+const ENTRY_OVERHEAD: usize = 64;
 
 /// How long and how many dropped keys' stores a route keeps.
 #[derive(Debug, Clone, Copy)]
@@ -230,8 +233,12 @@ impl Instances {
     /// `limits`, oldest forgotten first.
     fn keep(&mut self, key: &str, limits: KeepLimits) {
         let now = Instant::now();
-        if let Some(kept) = self.kept.get_mut(key) {
-            let bytes = kept.kv.lock().expect("kv lock").bytes();
+        if let Some(kept) = self.kept.get_mut(key)
+            && kept.dropped.is_none()
+        {
+            let kv = kept.kv.lock().expect("kv lock");
+            let bytes = kv.bytes() + kv.len() * ENTRY_OVERHEAD;
+            drop(kv);
             kept.bytes = bytes + key.len() + KEPT_OVERHEAD;
             kept.dropped = Some(now);
             self.dormant += 1;
@@ -545,8 +552,8 @@ mod tests {
         assert_eq!(kept(&instances), ["room7", "room8", "room9"]);
         assert_eq!(instances.dormant, 3);
 
-        // Each store is 1000 bytes + its key + the overhead.
-        let each = 1000 + "room0".len() + KEPT_OVERHEAD;
+        // Each store is one entry of 1000 bytes, its key and the overheads.
+        let each = 1000 + ENTRY_OVERHEAD + "room0".len() + KEPT_OVERHEAD;
         assert_eq!(instances.dormant_bytes, 3 * each);
         let by_bytes = KeepLimits {
             bytes: 2 * each,

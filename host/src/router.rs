@@ -1,12 +1,15 @@
 //! Route patterns and the routing table.
 //!
 //! A controller's `describe()` gives a pattern such as `/rooms/{room}` or
-//! `/files/{*path}`; [`RoutePattern::parse`] checks it, and
+//! `/files/{*path}`; [`RoutePattern::parse`] checks it against the grammar
+//! the SDK's `#[socket_route]` checks too (the `switchyard-grammar` crate), and
 //! [`RouteTable::lookup`] maps a request path to the most specific route and
 //! its captured parameters. The table is immutable: the server builds a new
 //! one and swaps it in whole, so a lookup never waits.
 
 use std::fmt;
+
+use switchyard_grammar::Segment as Grammar;
 
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,57 +52,18 @@ impl RoutePattern {
     /// and an optional last `{*name}` capturing the rest of the path. Empty
     /// segments (and so a trailing slash) are ignored.
     pub fn parse(pattern: &str) -> Result<RoutePattern, PatternError> {
-        let error = |reason: String| PatternError {
-            pattern: pattern.to_owned(),
-            reason,
-        };
-        if !pattern.starts_with('/') {
-            return Err(error("a route starts with `/`".into()));
-        }
-        if pattern.contains(['?', '#']) {
-            return Err(error("a route has no query or fragment".into()));
-        }
-        let parts: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
-        let mut segments = Vec::with_capacity(parts.len());
-        let mut names: Vec<&str> = Vec::new();
-        for (i, part) in parts.iter().enumerate() {
-            let segment = match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-                Some(inner) => {
-                    let (catch_all, name) = match inner.strip_prefix('*') {
-                        Some(name) => (true, name),
-                        None => (false, inner),
-                    };
-                    if name.is_empty()
-                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-                    {
-                        return Err(error(format!(
-                            "segment `{part}`: a capture name is letters, digits and `_`"
-                        )));
-                    }
-                    if names.contains(&name) {
-                        return Err(error(format!("capture `{name}` appears twice")));
-                    }
-                    names.push(name);
-                    if catch_all {
-                        if i + 1 != parts.len() {
-                            return Err(error(format!(
-                                "segment `{part}`: a catch-all must be the last segment"
-                            )));
-                        }
-                        Segment::CatchAll(name.to_owned())
-                    } else {
-                        Segment::Param(name.to_owned())
-                    }
-                }
-                None if part.contains(['{', '}']) => {
-                    return Err(error(format!(
-                        "segment `{part}`: a capture is a whole segment, `{{name}}`"
-                    )));
-                }
-                None => Segment::Literal(percent_decode(part, false)),
-            };
-            segments.push(segment);
-        }
+        let segments = switchyard_grammar::route_segments(pattern)
+            .map_err(|reason| PatternError {
+                pattern: pattern.to_owned(),
+                reason,
+            })?
+            .into_iter()
+            .map(|segment| match segment {
+                Grammar::Literal(text) => Segment::Literal(percent_decode(text, false)),
+                Grammar::Param(name) => Segment::Param(name.to_owned()),
+                Grammar::CatchAll(name) => Segment::CatchAll(name.to_owned()),
+            })
+            .collect();
         Ok(RoutePattern {
             raw: pattern.to_owned(),
             segments,

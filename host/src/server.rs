@@ -444,16 +444,22 @@ struct Admitted {
 /// Paces the accept loop while accepting fails for want of a resource (out
 /// of file descriptors, buffers or memory): the listening socket stays
 /// ready then, and retrying at once would spin. The pause doubles from
-/// 5 ms to 1 s; the first failure of a run is logged, and its end.
+/// 5 ms to 1 s. The first failure of a run is logged, and the run's end,
+/// at most once per 10 s: a server hovering at its file limit starts and
+/// ends a run with every descriptor freed and taken.
 #[derive(Default)]
 struct AcceptBackoff {
     failures: u64,
     pause: std::time::Duration,
+    /// When a run was last logged, and whether the current one was.
+    last_logged: Option<std::time::Instant>,
+    logged: bool,
 }
 
 impl AcceptBackoff {
     const FIRST: std::time::Duration = std::time::Duration::from_millis(5);
     const LONGEST: std::time::Duration = std::time::Duration::from_secs(1);
+    const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
     /// An accept failed: how long to wait before the next one (`None`
     /// for a failure that concerns only the connection that failed).
@@ -467,9 +473,15 @@ impl AcceptBackoff {
             return None;
         }
         if self.failures == 0 {
-            warn!(error = %err, "accept failed; pausing new connections until it succeeds \
-                (raise the open-file limit, `ulimit -n`, or lower limits.max_connections)");
             self.pause = Self::FIRST;
+            self.logged = self
+                .last_logged
+                .is_none_or(|at| at.elapsed() >= Self::LOG_EVERY);
+            if self.logged {
+                self.last_logged = Some(std::time::Instant::now());
+                warn!(error = %err, "accept failed; pausing new connections until it succeeds \
+                    (raise the open-file limit, `ulimit -n`, or lower limits.max_connections)");
+            }
         } else {
             self.pause = (self.pause * 2).min(Self::LONGEST);
         }
@@ -480,7 +492,9 @@ impl AcceptBackoff {
     /// An accept succeeded.
     fn succeeded(&mut self) {
         if self.failures > 0 {
-            info!(failures = self.failures, "accepting connections again");
+            if self.logged {
+                info!(failures = self.failures, "accepting connections again");
+            }
             self.failures = 0;
         }
     }

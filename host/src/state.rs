@@ -84,6 +84,16 @@ impl KvStore {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -557,19 +557,18 @@ impl AloneServer {
             .spawn()
             .unwrap();
         let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+        let mut errors = child.stderr.take().unwrap();
         let mut line = String::new();
-        tokio::time::timeout(WAIT, stdout.read_line(&mut line))
-            .await
-            .expect("the server did not start")
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ws://")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .parse()
-            .unwrap();
+        let started = tokio::time::timeout(WAIT, stdout.read_line(&mut line)).await;
+        let Some(addr) = line.trim().strip_prefix("listening on ws://") else {
+            use tokio::io::AsyncReadExt;
+            let mut stderr = String::new();
+            let _ = tokio::time::timeout(WAIT, errors.read_to_string(&mut stderr)).await;
+            panic!("serve_alone did not start ({started:?}, {line:?}): {stderr}");
+        };
+        let addr = addr.parse().unwrap();
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut lines = tokio::io::BufReader::new(errors).lines();
         let log = stderr.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {

@@ -18,6 +18,10 @@ use tokio_tungstenite::tungstenite::Message;
 /// File descriptors the server process may hold in the flood tests.
 const FILE_LIMIT: usize = 256;
 
+/// The two tests that flood a server hold hundreds of sockets on this side
+/// too: one at a time, so that this process stays far from its own limit.
+static FLOODING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn start(modules: &[&str], config: &str, file_limit: usize) -> AloneServer {
     AloneServer::start(
         env!("CARGO_BIN_EXE_serve_alone"),
@@ -42,13 +46,14 @@ async fn echo_from(server: &AloneServer, from: Ipv4Addr) {
     assert_eq!(next_text(&mut ws).await, "through");
 }
 
-/// 700 silent sockets from one address, far beyond the file limit, with
+/// 400 silent sockets from one address, far beyond the file limit, with
 /// connection limits of 10: beyond its 64 upgrades in progress, the
 /// address's sockets are answered 429 and closed at once, so the server
 /// never runs out of descriptors and a client from another address is
 /// served while they are all still open.
 #[tokio::test]
 async fn silent_sockets_from_one_address_cannot_starve_other_clients() {
+    let _one_at_a_time = FLOODING.lock().await;
     let server = start(
         &["echo"],
         "max_connections = 10\nmax_connections_per_ip = 10\n",
@@ -56,7 +61,7 @@ async fn silent_sockets_from_one_address_cannot_starve_other_clients() {
     )
     .await;
     let mut silent = Vec::new();
-    for _ in 0..700 {
+    for _ in 0..400 {
         silent.push(server.socket_from(Ipv4Addr::LOCALHOST).await);
     }
     echo_from(&server, Ipv4Addr::new(127, 0, 0, 2)).await;
@@ -71,7 +76,7 @@ async fn silent_sockets_from_one_address_cannot_starve_other_clients() {
     assert!(answer.starts_with("HTTP/1.1 429 "), "{answer}");
     assert!(answer.contains("Retry-After: 1\r\n"), "{answer}");
     assert!(
-        answer.contains("too many upgrades in progress from your address (limit 64)"),
+        answer.contains("too many upgrades in progress from your address or network (limit 64)"),
         "{answer}"
     );
     let log = server.log();
@@ -87,6 +92,7 @@ async fn silent_sockets_from_one_address_cannot_starve_other_clients() {
 /// says accepting works again.
 #[tokio::test]
 async fn out_of_descriptors_the_server_pauses_then_serves_again() {
+    let _one_at_a_time = FLOODING.lock().await;
     let server = start(&["echo"], "", FILE_LIMIT).await;
     let mut silent = Vec::new();
     for host in 1..=6 {
@@ -96,15 +102,15 @@ async fn out_of_descriptors_the_server_pauses_then_serves_again() {
     }
     assert!(silent.len() > FILE_LIMIT);
     server.wait_for_log("accept failed; pausing").await;
-    // Stay at the limit for a while: the old loop logged 20 lines a second.
+    // Stay at the limit for a while: what is checked is that nothing more
+    // is logged meanwhile (the old loop logged 20 lines a second).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     drop(silent);
     echo_from(&server, Ipv4Addr::new(127, 0, 0, 7)).await;
     server.wait_for_log("accepting connections again").await;
     let log = server.log();
-    // One line per run of failures: one run while the sockets were open (a
-    // second may start as the backlog of dead sockets is accepted).
-    assert!(log.matches("accept failed").count() <= 2, "{log}");
+    // One line per run of failures, and at most one per 10 s.
+    assert_eq!(log.matches("accept failed").count(), 1, "{log}");
     server.stop().await;
 }
 
@@ -119,7 +125,7 @@ async fn cycling_room_names_keeps_only_the_capped_room_state() {
     let server = start(
         &["rooms"],
         &format!("keyed_state_keep_ms = 60000\nkeyed_state_keep_bytes = {CAP}\n"),
-        4096,
+        1024,
     )
     .await;
     let line = "m".repeat(1_900);

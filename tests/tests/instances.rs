@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use serde_json::json;
+use switchyard::config::InstanceMode;
 use switchyard_tests::*;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -246,7 +247,7 @@ async fn a_busy_room_does_not_delay_another_room() {
     // The same route made shared by the config: one instance, one event at
     // a time, so room b waits for room a.
     route_config(&mut config, "keyed", |route| {
-        route.instance = Some("shared".into())
+        route.instance = Some(InstanceMode::Shared)
     });
     let server = TestServer::start_with(&["keyed"], config).await;
     assert_eq!(reply_order(&server).await, ["spun", "hello"]);
@@ -275,10 +276,10 @@ async fn the_instance_cap_answers_503() {
 async fn per_connection_instances_and_a_bad_key_override() {
     let mut config = test_config();
     route_config(&mut config, "keyed", |route| {
-        route.instance = Some("per-connection".into())
+        route.instance = Some(InstanceMode::PerConnection)
     });
     route_config(&mut config, "probe", |route| {
-        route.instance = Some("keyed:nothing".into())
+        route.instance = Some(InstanceMode::Keyed("nothing".into()))
     });
     let server = TestServer::start_with(&["keyed", "probe"], config).await;
     let mut one = server.connect("/keyed/same").await;

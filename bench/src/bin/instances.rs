@@ -132,7 +132,8 @@ async fn main() -> anyhow::Result<()> {
         for round in 1..=rounds {
             let k = echo_rate(dir.path(), Config::default(), payload).await?;
             let mut config = Config::default();
-            config.routes.entry("keyed".into()).or_default().instance = Some("shared".into());
+            config.routes.entry("keyed".into()).or_default().instance =
+                Some(switchyard::config::InstanceMode::Shared);
             let s = echo_rate(dir.path(), config, payload).await?;
             println!("  round {round}: keyed {k:>9.0} msg/s   shared {s:>9.0} msg/s");
             spread.push(k);

@@ -10,6 +10,7 @@
 use proc_macro::TokenStream;
 use proc_macro2::Span;
 use quote::{quote, quote_spanned};
+use switchyard_grammar::Mode;
 use syn::parse::Parser;
 use syn::spanned::Spanned;
 use syn::{Expr, ExprArray, ExprLit, ItemStruct, Lit, LitStr, meta::ParseNestedMeta};
@@ -85,71 +86,25 @@ fn instance_mode(
     let Some(instance) = instance else {
         return Ok(quote!(::switchyard_sdk::InstanceMode::Shared));
     };
-    match instance.value().as_str() {
-        "shared" => Ok(quote!(::switchyard_sdk::InstanceMode::Shared)),
-        "per-connection" => Ok(quote!(::switchyard_sdk::InstanceMode::PerConnection)),
-        other => match other.strip_prefix("keyed:") {
-            Some(param) => {
-                let captures = route.value();
-                let captured = captures.split('/').any(|segment| {
-                    segment == format!("{{{param}}}") || segment == format!("{{*{param}}}")
-                });
-                if !captured {
-                    return Err(syn::Error::new(
-                        instance.span(),
-                        format!("`keyed:{param}` needs the route to capture `{{{param}}}`"),
-                    ));
-                }
-                Ok(
-                    quote!(::switchyard_sdk::InstanceMode::Keyed(::std::string::String::from(#param))),
-                )
-            }
-            None => Err(syn::Error::new(
-                instance.span(),
-                "expected \"shared\", \"per-connection\" or \"keyed:<route parameter>\"",
-            )),
-        },
-    }
+    let text = instance.value();
+    let error = |reason: String| syn::Error::new(instance.span(), reason);
+    let mode = switchyard_grammar::instance_mode(&text).map_err(error)?;
+    let route = route.value();
+    let segments = switchyard_grammar::route_segments(&route).map_err(error)?;
+    switchyard_grammar::check_mode(mode, &segments).map_err(error)?;
+    Ok(match mode {
+        Mode::Shared => quote!(::switchyard_sdk::InstanceMode::Shared),
+        Mode::PerConnection => quote!(::switchyard_sdk::InstanceMode::PerConnection),
+        Mode::Keyed(param) => {
+            quote!(::switchyard_sdk::InstanceMode::Keyed(::std::string::String::from(#param)))
+        }
+    })
 }
 
 fn validate_route(route: &LitStr) -> syn::Result<()> {
-    let pattern = route.value();
-    if !pattern.starts_with('/') {
-        return Err(syn::Error::new(
-            route.span(),
-            "a route starts with `/`, e.g. \"/chat/\"",
-        ));
-    }
-    let segments: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
-    for (i, segment) in segments.iter().enumerate() {
-        let is_capture = segment.starts_with('{') && segment.ends_with('}');
-        if segment.contains(['{', '}']) && !is_capture {
-            return Err(syn::Error::new(
-                route.span(),
-                format!("segment `{segment}`: a capture is a whole segment, `{{name}}`"),
-            ));
-        }
-        if is_capture {
-            let inner = &segment[1..segment.len() - 1];
-            let (catch_all, name) = match inner.strip_prefix('*') {
-                Some(name) => (true, name),
-                None => (false, inner),
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(syn::Error::new(
-                    route.span(),
-                    format!("segment `{segment}`: a capture name is letters, digits and `_`"),
-                ));
-            }
-            if catch_all && i + 1 != segments.len() {
-                return Err(syn::Error::new(
-                    route.span(),
-                    format!("segment `{segment}`: a catch-all must be the last segment"),
-                ));
-            }
-        }
-    }
-    Ok(())
+    switchyard_grammar::route_segments(&route.value())
+        .map(drop)
+        .map_err(|reason| syn::Error::new(route.span(), reason))
 }
 
 fn expand(
@@ -261,4 +216,55 @@ fn expand(
             );
         };
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(args: proc_macro2::TokenStream) -> String {
+        let item = quote!(
+            #[derive(Default)]
+            struct Chat;
+        );
+        expand(args, item).unwrap_err().to_string()
+    }
+
+    /// The attribute refuses what the host would refuse at load, with the
+    /// host's words (both use `switchyard-grammar`).
+    #[test]
+    fn routes_and_modes_the_host_refuses_do_not_compile() {
+        for (args, reason) in [
+            (quote!(route = "/a/{x}/{x}"), "capture `x` appears twice"),
+            (quote!(route = "chat"), "a route starts with `/`"),
+            (quote!(route = "/chat?x"), "no query or fragment"),
+            (quote!(route = "/a/{*rest}/b"), "catch-all must be the last"),
+            (
+                quote!(route = "/rooms/{room}", instance = "keyed:rooms"),
+                "`keyed:rooms` needs the route to capture `{rooms}`",
+            ),
+            (
+                quote!(route = "/rooms/{room}", instance = "keyed"),
+                "not an instance mode",
+            ),
+        ] {
+            let err = error(args.clone());
+            assert!(err.contains(reason), "{args}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_keyed_route_expands() {
+        let item = quote!(
+            #[derive(Default)]
+            struct Rooms;
+        );
+        let out = expand(
+            quote!(route = "/rooms/{room}", instance = "keyed:room"),
+            item,
+        )
+        .unwrap()
+        .to_string();
+        assert!(out.contains("Keyed"), "{out}");
+    }
 }
