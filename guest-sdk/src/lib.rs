@@ -292,15 +292,25 @@ impl Connection {
         self.roles.iter().any(|r| r == role)
     }
 
-    /// Queues `msg` for this connection.
-    pub fn send(&self, msg: &Message) -> Result<(), HostError> {
+    /// Queues `msg` for this connection; see [`send`].
+    pub fn send(&self, msg: &Message) -> bool {
         send(self.id, msg)
     }
 
+    /// Queues `msg` for this connection, or says why not; see [`try_send`].
+    pub fn try_send(&self, msg: &Message) -> Result<(), HostError> {
+        try_send(self.id, msg)
+    }
+
     /// Queues `msg` for every other connection of this controller and returns
-    /// how many it was queued for.
-    pub fn broadcast_others(&self, msg: &Message) -> Result<u32, HostError> {
+    /// how many it was queued for; see [`broadcast`].
+    pub fn broadcast_others(&self, msg: &Message) -> u32 {
         broadcast(msg, Some(self.id))
+    }
+
+    /// [`Connection::broadcast_others`], or why it was refused.
+    pub fn try_broadcast_others(&self, msg: &Message) -> Result<u32, HostError> {
+        try_broadcast(msg, Some(self.id))
     }
 
     /// Closes this connection with `code` and `reason` after what is already
@@ -375,8 +385,14 @@ pub mod groups {
     }
 
     /// Queues `msg` for every member of `group` except `except`; returns how
-    /// many it was queued for.
-    pub fn publish(
+    /// many it was queued for. A message over the host's limit is sent to
+    /// no one and logged as an error; [`try_publish`] returns the reason.
+    pub fn publish(group: &str, msg: &Message, except: Option<ConnectionId>) -> u32 {
+        super::logged(try_publish(group, msg, except), "publish").unwrap_or(0)
+    }
+
+    /// [`publish`], or why it was refused.
+    pub fn try_publish(
         group: &str,
         msg: &Message,
         except: Option<ConnectionId>,
@@ -397,14 +413,52 @@ fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.as_str())
 }
 
-/// Queues `msg` for connection `to` of this controller.
-pub fn send(to: ConnectionId, msg: &Message) -> Result<(), HostError> {
+/// The value of a host call whose failure the caller chose not to handle:
+/// a connection that is gone or closing is part of life (`None`, quietly),
+/// a message over the host's limit is a mistake, logged as an error.
+fn logged<T>(result: Result<T, HostError>, call: &str) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(HostError::TooLarge) => {
+            log(
+                LogLevel::Error,
+                &format!(
+                    "{call} refused: the message exceeds the host's limit of {} bytes \
+                     (build it with Message::try_json, or check Message::len)",
+                    limits().max_message_bytes
+                ),
+            );
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Queues `msg` for connection `to` of this controller; returns whether it
+/// was queued. A connection that has gone or is closing is not an error
+/// (the result says so, for code that cares); a message over the host's
+/// limit is logged as an error. [`try_send`] returns the reason instead.
+pub fn send(to: ConnectionId, msg: &Message) -> bool {
+    logged(try_send(to, msg), "send").is_some()
+}
+
+/// Queues `msg` for connection `to`, or says why not: the connection is not
+/// this controller's or is closing, its queue is full, or the message is
+/// too large.
+pub fn try_send(to: ConnectionId, msg: &Message) -> Result<(), HostError> {
     wit_host::send(to, msg)
 }
 
 /// Queues `msg` for every open connection of this controller except `except`,
-/// encoding it once. Returns how many connections it was queued for.
-pub fn broadcast(msg: &Message, except: Option<ConnectionId>) -> Result<u32, HostError> {
+/// encoding it once. Returns how many connections it was queued for. A
+/// message over the host's limit goes to no one and is logged as an error;
+/// [`try_broadcast`] returns the reason instead.
+pub fn broadcast(msg: &Message, except: Option<ConnectionId>) -> u32 {
+    logged(try_broadcast(msg, except), "broadcast").unwrap_or(0)
+}
+
+/// [`broadcast`], or why it was refused (only a message over the limit is).
+pub fn try_broadcast(msg: &Message, except: Option<ConnectionId>) -> Result<u32, HostError> {
     wit_host::broadcast(msg, except)
 }
 

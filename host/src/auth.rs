@@ -1,6 +1,6 @@
 //! Route protection at the upgrade: origin checks, tokens, roles.
 //!
-//! The server calls [`Guard::check_origin`] and then [`Guard::admit`] for
+//! The server calls [`Guard::check_origin`] and then [`Guard::authorize`] for
 //! every routed upgrade request, before anything reaches a controller. A
 //! token is read from the `Authorization: Bearer` header, else the
 //! `access_token` query parameter (browsers cannot set headers on a
@@ -39,6 +39,25 @@ pub struct Principal {
     pub roles: Vec<String>,
     /// When the token stops being accepted (its `exp` plus the leeway).
     pub expires_at: Option<SystemTime>,
+}
+
+/// A client allowed to connect.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Authorized {
+    /// Who its valid token says it is; `None`: anonymous.
+    pub principal: Option<Principal>,
+    /// On a public route, why the token it sent was ignored (for the log);
+    /// the client is anonymous then.
+    pub ignored: Option<TokenError>,
+}
+
+impl Authorized {
+    fn as_(principal: Principal) -> Self {
+        Authorized {
+            principal: Some(principal),
+            ignored: None,
+        }
+    }
 }
 
 /// Why a token was not accepted. The text is safe to send to the client:
@@ -354,23 +373,25 @@ impl Guard {
     }
 
     /// Decides whether a client may connect to a route requiring any of
-    /// `required` (none: public). Returns its principal, if it has a
-    /// valid token. On a public route an invalid token is ignored and the
-    /// client is anonymous; the reason is returned for the log.
-    pub fn admit(
+    /// `required` (none: public): 401 without a valid token, 403 without
+    /// a required role.
+    pub fn authorize(
         &self,
         token: Option<&str>,
         required: &[String],
-    ) -> Result<(Option<Principal>, Option<TokenError>), Rejection> {
+    ) -> Result<Authorized, Rejection> {
         let verified = match token {
             None => Err(TokenError::Missing),
             Some(token) => self.verify(token),
         };
         if required.is_empty() {
             return Ok(match verified {
-                Ok(principal) => (Some(principal), None),
-                Err(TokenError::Missing) => (None, None),
-                Err(err) => (None, Some(err)),
+                Ok(principal) => Authorized::as_(principal),
+                Err(TokenError::Missing) => Authorized::default(),
+                Err(err) => Authorized {
+                    principal: None,
+                    ignored: Some(err),
+                },
             });
         }
         let principal = verified.map_err(|err| {
@@ -383,7 +404,7 @@ impl Guard {
             Rejection::new(401, err.to_string()).with_header("WWW-Authenticate", &challenge)
         })?;
         if required.iter().any(|role| principal.roles.contains(role)) {
-            Ok((Some(principal), None))
+            Ok(Authorized::as_(principal))
         } else {
             Err(Rejection::new(
                 403,
@@ -550,10 +571,10 @@ mod tests {
     }
 
     #[test]
-    fn admit_answers_401_403_or_a_principal() {
+    fn authorize_answers_401_403_or_a_principal() {
         let (_, guard) = guard("[auth.role_hierarchy]\nROLE_ADMIN = [\"ROLE_USER\"]\n");
         let required = vec!["ROLE_USER".to_owned()];
-        let missing = guard.admit(None, &required).unwrap_err();
+        let missing = guard.authorize(None, &required).unwrap_err();
         assert_eq!(missing.status, 401);
         assert!(
             missing
@@ -562,23 +583,29 @@ mod tests {
                 .any(|(name, value)| *name == "WWW-Authenticate" && value.starts_with("Bearer"))
         );
         assert_eq!(
-            guard.admit(Some("garbage"), &required).unwrap_err().status,
+            guard
+                .authorize(Some("garbage"), &required)
+                .unwrap_err()
+                .status,
             401
         );
         let admin =
             token(serde_json::json!({"sub": "root", "exp": now() + 60, "roles": ["ROLE_ADMIN"]}));
-        let (principal, _) = guard.admit(Some(&admin), &required).unwrap();
-        assert_eq!(principal.unwrap().user.as_deref(), Some("root"));
+        let admitted = guard.authorize(Some(&admin), &required).unwrap();
+        assert_eq!(admitted.principal.unwrap().user.as_deref(), Some("root"));
         let nobody =
             token(serde_json::json!({"sub": "x", "exp": now() + 60, "roles": ["ROLE_GUEST"]}));
-        let forbidden = guard.admit(Some(&nobody), &required).unwrap_err();
+        let forbidden = guard.authorize(Some(&nobody), &required).unwrap_err();
         assert_eq!(forbidden.status, 403);
         assert!(forbidden.body.contains("ROLE_USER"), "{}", forbidden.body);
         // Public routes: anonymous without a token, anonymous with a bad one.
-        assert_eq!(guard.admit(None, &[]).unwrap(), (None, None));
+        assert_eq!(guard.authorize(None, &[]).unwrap(), Authorized::default());
         assert_eq!(
-            guard.admit(Some("garbage"), &[]).unwrap(),
-            (None, Some(TokenError::Malformed))
+            guard.authorize(Some("garbage"), &[]).unwrap(),
+            Authorized {
+                principal: None,
+                ignored: Some(TokenError::Malformed)
+            }
         );
     }
 

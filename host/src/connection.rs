@@ -5,9 +5,9 @@
 //! event to the controller instance (running it right there when the
 //! instance is free, queueing it for the instance's drainer when busy), and
 //! writes what is queued for the connection. Frames leave through a
-//! [`ConnHandle`]: the controller (and the host functions it calls) push
-//! them onto a bounded queue without ever waiting, and the task feeds them
-//! to the socket, flushing once per batch. Writing goes on while the
+//! [`ConnHandle`] (see [`crate::outbound`]): the controller (and the host
+//! functions it calls) push them onto a bounded queue without ever waiting,
+//! and the task feeds them to the socket, flushing once per batch. Writing goes on while the
 //! connection's events wait in the instance's queue, so a busy route never
 //! stalls its own deliveries; it pauses only while the task runs its own
 //! event, so one event may queue at most the outbound limits for its own
@@ -16,26 +16,23 @@
 //! [`run`] submits exactly one [`Event::Close`], after which nothing of the
 //! connection is left.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::deflate::{self, Deflate};
-use crate::instance::{ControllerHandle, Event};
+use crate::deflate::Deflate;
+use crate::instance::{ControllerInstance, Event};
+use crate::outbound::ConnHandle;
 use crate::reader::{ReadError, Reader};
 use crate::writer::{Frame, Writer, WriterExit};
 
@@ -74,320 +71,6 @@ pub struct ConnectionInfo {
     pub deflate: Option<Deflate>,
 }
 
-/// Why a frame could not be queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PushError {
-    /// The connection is closing or closed.
-    Closed,
-    /// The queue is full; the connection is now being closed with 1008.
-    SlowConsumer,
-}
-
-/// What waits in a connection's queue.
-enum Outgoing {
-    /// A data or ping frame, encoded.
-    Frame(Frame),
-    /// Our close frame: the last thing written.
-    Close(CloseFrame),
-}
-
-/// What waits to be written, with its payload size. Allocated on first use
-/// and given back when drained after a burst, so an idle connection holds
-/// no queue memory.
-#[derive(Default)]
-struct Queue {
-    frames: VecDeque<Outgoing>,
-    bytes: usize,
-    /// The writer is gone: nothing queued from now on would be written.
-    done: bool,
-}
-
-/// Queue capacity kept after draining; a larger one is given back.
-const KEEP_QUEUE_CAPACITY: usize = 8;
-
-/// The sending side of a connection, shared by its task, its controller
-/// and the host functions. Every method returns at once.
-pub struct ConnHandle {
-    id: u64,
-    /// A std mutex: held only to push or pop, never across an await.
-    queue: Mutex<Queue>,
-    /// Wakes the connection's task when frames are queued or closing starts.
-    waker: AtomicWaker,
-    /// `queue` holds something: set and cleared under its lock, read
-    /// without it, so the writer takes the lock only when there is work.
-    queued: AtomicBool,
-    max_queued_messages: usize,
-    max_queued_bytes: usize,
-    /// Set once a close has been queued or forced; later sends are refused.
-    closing: AtomicBool,
-    /// The close frame to send at once, dropping what is queued. A std
-    /// mutex: held only to store or take the frame, never across an await.
-    kill_frame: Mutex<Option<CloseFrame>>,
-    /// Set with `kill_frame`, so the task checks it without the lock.
-    killed: AtomicBool,
-    /// Events of this connection queued for its busy controller.
-    events: AtomicUsize,
-    /// The connection's task is running one of its own events, and polls
-    /// its queue right after: a frame queued meanwhile need not wake it.
-    in_turn: AtomicBool,
-    /// permessage-deflate, when agreed: a broadcast hands this connection
-    /// its shared compressed frame.
-    deflate: Option<Deflate>,
-}
-
-/// Why [`ConnHandle::enqueue`] refused.
-enum EnqueueError {
-    Full,
-    Done,
-}
-
-impl ConnHandle {
-    pub(crate) fn new(
-        id: u64,
-        limits: &crate::config::Limits,
-        deflate: Option<Deflate>,
-    ) -> ConnHandle {
-        ConnHandle {
-            id,
-            queue: Mutex::new(Queue::default()),
-            waker: AtomicWaker::new(),
-            queued: AtomicBool::new(false),
-            max_queued_messages: limits.outbound_queue_messages,
-            max_queued_bytes: limits.outbound_queue_bytes,
-            closing: AtomicBool::new(false),
-            kill_frame: Mutex::new(None),
-            killed: AtomicBool::new(false),
-            events: AtomicUsize::new(0),
-            in_turn: AtomicBool::new(false),
-            deflate,
-        }
-    }
-
-    /// The connection's id.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// Events of this connection waiting for its controller.
-    pub fn events_waiting(&self) -> usize {
-        self.events.load(Ordering::Acquire)
-    }
-
-    /// An event of this connection was queued for its controller (see
-    /// `instance::Ticket`).
-    pub fn event_queued(&self) {
-        self.events.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A queued event has run; wakes the connection's task, which may read
-    /// again.
-    pub fn event_done(&self) {
-        self.events.fetch_sub(1, Ordering::AcqRel);
-        self.waker.wake();
-    }
-
-    /// Wakes `waker` when frames are queued, closing starts or a queued
-    /// event has run (for a probe, which has no connection task).
-    pub(crate) fn register_waker(&self, waker: &std::task::Waker) {
-        self.waker.register(waker);
-    }
-
-    /// Whether frames wait in the queue (a hint: read without the lock).
-    fn has_queued(&self) -> bool {
-        self.queued.load(Ordering::Acquire)
-    }
-
-    /// Whether the connection has started closing.
-    pub fn is_closing(&self) -> bool {
-        self.closing.load(Ordering::Acquire)
-    }
-
-    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().expect("outbound queue lock")
-    }
-
-    /// Appends `out` (of `len` payload bytes) if the limits allow, and
-    /// wakes the connection's task.
-    fn enqueue(&self, out: Outgoing, len: usize) -> Result<(), EnqueueError> {
-        let mut queue = self.queue();
-        if queue.done {
-            return Err(EnqueueError::Done);
-        }
-        if queue.frames.len() >= self.max_queued_messages
-            || queue.bytes + len > self.max_queued_bytes
-        {
-            return Err(EnqueueError::Full);
-        }
-        // A close always wakes the task: it must start the peer's close
-        // deadline even while its writer waits on a full socket.
-        let quiet = !queue.frames.is_empty() && matches!(out, Outgoing::Frame(_));
-        queue.frames.push_back(out);
-        queue.bytes += len;
-        if quiet {
-            // The frame before this one already set `queued` and woke the
-            // task (or found it in its turn), and the task comes back for
-            // whatever it leaves queued (a full batch wakes it again, a full
-            // socket when it drains): a broadcast touches no more of this
-            // connection than its queue.
-            return Ok(());
-        }
-        self.queued.store(true, Ordering::SeqCst);
-        drop(queue);
-        // Waking the task from within its own turn would only poll it once
-        // more for nothing: it looks at the queue right after. Here we set
-        // `queued` and then read `in_turn`; the task clears `in_turn` and
-        // then reads `queued` (without the lock). All four in one order
-        // (SeqCst), at least one side sees the other's store: either the
-        // task finds this frame, or this sees the turn over and wakes it.
-        // (Release and Acquire alone would let both read the old values.)
-        if !self.in_turn.load(Ordering::SeqCst) {
-            self.waker.wake();
-        }
-        Ok(())
-    }
-
-    /// Moves queued frames into `batch` until it holds `max`; returns our
-    /// close frame when it comes next (nothing is queued after it). One
-    /// lock for the lot, none when the queue is empty.
-    pub(crate) fn dequeue_into(&self, batch: &mut Vec<Frame>, max: usize) -> Option<CloseFrame> {
-        // SeqCst: see `enqueue`.
-        if !self.queued.load(Ordering::SeqCst) {
-            return None;
-        }
-        let mut queue = self.queue();
-        let mut close = None;
-        batch.reserve(queue.frames.len().min(max.saturating_sub(batch.len())));
-        while batch.len() < max {
-            match queue.frames.pop_front() {
-                Some(Outgoing::Frame(frame)) => {
-                    queue.bytes -= frame.len();
-                    batch.push(frame);
-                }
-                Some(Outgoing::Close(frame)) => {
-                    close = Some(frame);
-                    break;
-                }
-                None => break,
-            }
-        }
-        if queue.frames.is_empty() {
-            self.queued.store(false, Ordering::Release);
-            if queue.frames.capacity() > KEEP_QUEUE_CAPACITY {
-                queue.frames = VecDeque::new();
-            }
-        }
-        close
-    }
-
-    /// Drops what is queued, for a close that goes first.
-    pub(crate) fn clear(&self) {
-        let mut queue = self.queue();
-        queue.frames = VecDeque::new();
-        queue.bytes = 0;
-        self.queued.store(false, Ordering::Release);
-    }
-
-    /// The writer is gone: drop what is queued and refuse the rest.
-    fn finish(&self) {
-        let mut queue = self.queue();
-        queue.done = true;
-        queue.frames = VecDeque::new();
-        queue.bytes = 0;
-        self.queued.store(false, Ordering::Release);
-    }
-
-    /// Queues `frame`, one of many recipients' (a broadcast, a publish): a
-    /// connection that agreed on compression gets the compressed frame
-    /// `shared` makes once for all of them, when it can share it; the
-    /// others get the plain frame (and compress it themselves if they keep
-    /// their own context).
-    pub fn push_shared(
-        &self,
-        frame: &Frame,
-        shared: &mut deflate::Shared<'_>,
-    ) -> Result<(), PushError> {
-        match self.deflate.as_ref().and_then(|d| shared.compressed_for(d)) {
-            Some(compressed) => self.push(frame.compressed(compressed)),
-            None => self.push(frame.clone()),
-        }
-    }
-
-    /// Queues a data frame. The payload is shared, not copied, so one
-    /// broadcast frame is encoded once for all recipients.
-    pub fn push(&self, frame: Frame) -> Result<(), PushError> {
-        if self.is_closing() {
-            return Err(PushError::Closed);
-        }
-        let len = frame.len();
-        match self.enqueue(Outgoing::Frame(frame), len) {
-            Ok(()) => Ok(()),
-            Err(EnqueueError::Full) => {
-                self.force_close(CloseCode::Policy, "slow consumer");
-                Err(PushError::SlowConsumer)
-            }
-            Err(EnqueueError::Done) => Err(PushError::Closed),
-        }
-    }
-
-    /// Closes the connection after what is already queued. Fails when it is
-    /// already closing.
-    pub fn close(&self, code: u16, reason: &str) -> Result<(), PushError> {
-        if self.closing.swap(true, Ordering::AcqRel) {
-            return Err(PushError::Closed);
-        }
-        let frame = close_frame(CloseCode::from(code), reason);
-        match self.enqueue(Outgoing::Close(frame.clone()), 0) {
-            Ok(()) => Ok(()),
-            Err(EnqueueError::Full) => {
-                // No room behind the queued frames: close at once instead.
-                self.kill_with(frame);
-                Ok(())
-            }
-            Err(EnqueueError::Done) => Err(PushError::Closed),
-        }
-    }
-
-    /// Drops whatever is queued and closes with `code` as soon as possible.
-    pub fn force_close(&self, code: CloseCode, reason: &str) {
-        if self.closing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        warn!(
-            conn = self.id,
-            code = u16::from(code),
-            reason,
-            "closing connection"
-        );
-        self.kill_with(close_frame(code, reason));
-    }
-
-    fn kill_with(&self, frame: CloseFrame) {
-        *self.kill_frame.lock().expect("kill frame lock") = Some(frame);
-        self.killed.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    pub(crate) fn take_kill(&self) -> Option<CloseFrame> {
-        if !self.killed.load(Ordering::Acquire) {
-            return None;
-        }
-        self.kill_frame.lock().expect("kill frame lock").take()
-    }
-}
-
-/// Builds a close frame, cutting the reason to the 123 bytes a control frame
-/// allows, at a character boundary.
-pub fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    CloseFrame {
-        code,
-        reason: Utf8Bytes::from(&reason[..end]),
-    }
-}
-
 /// The server's shutdown, as the connections' tasks watch it. A task looks
 /// at it on every wake-up, so that look is one atomic load: polling the
 /// token's wait there would take two locks shared by every connection.
@@ -420,7 +103,7 @@ fn code_and_reason(frame: &CloseFrame) -> (u16, String) {
 }
 
 /// What woke the connection's task.
-enum Step {
+enum Wake {
     Io(Io),
     Due(Due),
     Expired,
@@ -518,7 +201,7 @@ fn poll_io(
     cx: &mut Context<'_>,
 ) -> Poll<Io> {
     // Whoever queues a frame or starts closing wakes this task.
-    handle.waker.register(cx.waker());
+    handle.register_waker(cx.waker());
     if !closing_seen && handle.is_closing() {
         return Poll::Ready(Io::ClosingStarted);
     }
@@ -595,18 +278,17 @@ fn arm(deadline: &mut Option<Pin<Box<Sleep>>>, timeout: Duration) {
 /// plain function: the event moves on before the first await, so the
 /// connection's future does not keep room for it.
 fn submit<'a>(
-    controller: &'a Arc<ControllerHandle>,
+    controller: &'a Arc<ControllerInstance>,
     event: Event,
     handle: &'a Arc<ConnHandle>,
 ) -> impl Future<Output = ()> + Send + 'a {
-    handle.in_turn.store(true, Ordering::Release);
+    handle.begin_turn();
     let turn = controller.submit(event, handle);
     async move {
         if let Some(turn) = turn {
             turn.await;
         }
-        // SeqCst: see `ConnHandle::enqueue`.
-        handle.in_turn.store(false, Ordering::SeqCst);
+        handle.end_turn();
     }
 }
 
@@ -626,7 +308,7 @@ pub fn run(
     mut tcp: TcpStream,
     mut reader: Reader,
     info: Arc<ConnectionInfo>,
-    controller: Arc<ControllerHandle>,
+    controller: Arc<ControllerInstance>,
     config: Arc<crate::config::Config>,
     shutdown: Shutdown,
     keep: impl Send + 'static,
@@ -681,26 +363,26 @@ pub fn run(
                 if let Some(deadline) = &mut close_deadline
                     && deadline.as_mut().poll(cx).is_ready()
                 {
-                    return Poll::Ready(Step::CloseDeadline);
+                    return Poll::Ready(Wake::CloseDeadline);
                 }
                 let open = !handle.is_closing();
                 if open && (!watching_shutdown || shutdown.has_started()) {
                     watching_shutdown = true;
                     if shutdown_started.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Step::Shutdown);
+                        return Poll::Ready(Wake::Shutdown);
                     }
                 }
                 if open
                     && let Some(at) = &mut expiry
                     && at.as_mut().poll(cx).is_ready()
                 {
-                    return Poll::Ready(Step::Expired);
+                    return Poll::Ready(Wake::Expired);
                 }
                 if open
                     && keepalive.is_on()
                     && let Poll::Ready(due) = keepalive.poll_due(cx)
                 {
-                    return Poll::Ready(Step::Due(due));
+                    return Poll::Ready(Wake::Due(due));
                 }
                 let closing = close_deadline.is_some();
                 poll_io(
@@ -712,11 +394,11 @@ pub fn run(
                     closing,
                     cx,
                 )
-                .map(Step::Io)
+                .map(Wake::Io)
             })
             .await;
             match step {
-                Step::Io(io) => match io {
+                Wake::Io(io) => match io {
                     Io::Read(frame) => {
                         keepalive.received();
                         match frame {
@@ -811,10 +493,10 @@ pub fn run(
                         arm(&mut close_deadline, close_timeout);
                     }
                 },
-                Step::Due(Due::Ping) => {
+                Wake::Due(Due::Ping) => {
                     let _ = handle.push(Frame::ping());
                 }
-                Step::Due(Due::IdleClose) => {
+                Wake::Due(Due::IdleClose) => {
                     if handle.events_waiting() > 0 {
                         // Reading is paused for the controller: the client
                         // is not idle, the controller is behind.
@@ -824,13 +506,13 @@ pub fn run(
                         let _ = handle.close(1001, "idle timeout");
                     }
                 }
-                Step::Expired => {
+                Wake::Expired => {
                     expiry = None;
                     debug!(route = %route, conn = id, "token expired");
                     let _ = handle.close(1008, "token expired");
                 }
-                Step::CloseDeadline => break,
-                Step::Shutdown => {
+                Wake::CloseDeadline => break,
+                Wake::Shutdown => {
                     let _ = handle.close(1001, "server shutting down");
                 }
             }
@@ -843,7 +525,7 @@ pub fn run(
         // never overlaps it with its successor.
         submit(&controller, Event::Close { id, code, reason }, &handle).await;
         std::future::poll_fn(|cx| {
-            handle.waker.register(cx.waker());
+            handle.register_waker(cx.waker());
             if handle.events_waiting() == 0 {
                 Poll::Ready(())
             } else {

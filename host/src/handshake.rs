@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Largest request head accepted.
-const MAX_HEAD: usize = 16 * 1024;
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// Most headers accepted in a request head.
 const MAX_HEADERS: usize = 64;
 
@@ -112,7 +112,7 @@ pub async fn read_request(stream: &mut TcpStream) -> Result<Request, ReadError> 
                 };
                 return Ok(request);
             }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST_HEAD => {}
             Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
                 return Err(ReadError::TooLarge);
             }

@@ -17,11 +17,13 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::switchyard::controller::types::{HostError, LogLevel};
 use crate::bindings::switchyard::controller::{host, types};
 use crate::bindings::{Connection, Message};
-use crate::connection::{ConnHandle, ConnectionInfo, PushError};
+use crate::connection::ConnectionInfo;
 use crate::deflate;
 use crate::opcode::close_code_valid;
+use crate::outbound::{ConnHandle, PushError};
 use crate::route::{MAX_GROUP_NAME, RouteShared};
 use crate::state::{KvStore, SharedKv};
+use crate::writer::Frame;
 
 /// Open connections of one controller instance, by id. Ids grow with time,
 /// so iteration order is connection order.
@@ -90,6 +92,16 @@ pub struct GuestSizes {
 }
 
 impl GuestSizes {
+    /// The frame for a message a controller sends (by a host call or as a
+    /// handler's reply), if it is within `limits.max_message_bytes`: the
+    /// one place that limit is checked on the way out.
+    pub fn frame(&self, msg: Message) -> Result<Frame, HostError> {
+        if msg.len() > self.max_message_bytes {
+            return Err(HostError::TooLarge);
+        }
+        Ok(msg.into_frame())
+    }
+
     /// The sizes of `config`.
     pub fn of(config: &crate::Config) -> Self {
         GuestSizes {
@@ -187,19 +199,14 @@ impl host::Host for HostState {
     }
 
     fn send(&mut self, to: u64, msg: Message) -> Result<(), HostError> {
-        if msg.len() > self.sizes.max_message_bytes {
-            return Err(HostError::TooLarge);
-        }
-        self.own(to)?.push(msg.into_frame()).map_err(host_error)
+        let frame = self.sizes.frame(msg)?;
+        self.own(to)?.push(frame).map_err(host_error)
     }
 
     fn broadcast(&mut self, msg: Message, except: Option<u64>) -> Result<u32, HostError> {
-        if msg.len() > self.sizes.max_message_bytes {
-            return Err(HostError::TooLarge);
-        }
         // One frame, and at most one compressed frame; each recipient gets
         // a reference-counted clone.
-        let frame = msg.into_frame();
+        let frame = self.sizes.frame(msg)?;
         let mut shared = deflate::Shared::new(frame.payload());
         let mut queued = 0;
         for (id, conn) in &self.owned.conns {
@@ -271,10 +278,8 @@ impl host::Host for HostState {
         msg: Message,
         except: Option<u64>,
     ) -> Result<u32, HostError> {
-        if msg.len() > self.sizes.max_message_bytes {
-            return Err(HostError::TooLarge);
-        }
-        Ok(self.owned.route.publish(&group, &msg.into_frame(), except))
+        let frame = self.sizes.frame(msg)?;
+        Ok(self.owned.route.publish(&group, &frame, except))
     }
 
     fn members(&mut self, group: String) -> Vec<u64> {

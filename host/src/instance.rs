@@ -1,8 +1,8 @@
 //! Controller instances and how events reach them.
 //!
-//! A [`ControllerHandle`] is one controller instance: its wasmtime `Store`
+//! A [`ControllerInstance`] is one controller instance: its wasmtime `Store`
 //! behind an async lock, and a queue of events waiting for it. A
-//! connection's task [`submit`](ControllerHandle::submit)s each event: when
+//! connection's task [`submit`](ControllerInstance::submit)s each event: when
 //! no one runs events on the instance, the task runs the event in the guest
 //! itself, so an event costs no hop between tasks (the task that read the
 //! message runs `on-message` and then writes the reply). When the instance
@@ -28,9 +28,10 @@ use wasmtime::Store;
 
 use crate::bindings::{CloseInfo, Connection, Controller, ErrorInfo, Message, OnMessage};
 use crate::config::InstanceMode;
-use crate::connection::{ConnHandle, ConnectionInfo};
+use crate::connection::ConnectionInfo;
 use crate::host_api::{HostOwned, HostState};
 use crate::module::Module;
+use crate::outbound::ConnHandle;
 use crate::runtime::{InstanceSlot, Runtime};
 
 /// Something that happened on a connection, for its controller.
@@ -70,10 +71,10 @@ pub enum Event {
 }
 
 /// One controller instance. Its store is created on first use (or at once,
-/// with [`ControllerHandle::start`]) and lives until every handle of it is
+/// with [`ControllerInstance::start`]) and lives until every handle of it is
 /// gone.
-pub struct ControllerHandle {
-    actor: tokio::sync::Mutex<Actor>,
+pub struct ControllerInstance {
+    actor: tokio::sync::Mutex<InstanceState>,
     /// Events waiting while the instance is busy. A std mutex: held only
     /// to push or pop, never across an await.
     waiting: Mutex<Waiting>,
@@ -115,7 +116,7 @@ impl Drop for Ticket {
 /// cancelled or panics mid-event), it hands the instance on: free again,
 /// or its queue to a new drainer.
 struct Turn<'a> {
-    handle: &'a Arc<ControllerHandle>,
+    handle: &'a Arc<ControllerInstance>,
     armed: bool,
 }
 
@@ -134,7 +135,7 @@ const KEEP_WAITING_CAPACITY: usize = 64;
 /// (waiting for the lock) have the instance.
 const DRAIN_BATCH: usize = 64;
 
-impl ControllerHandle {
+impl ControllerInstance {
     /// An instance of `module`, created when the first event needs it.
     pub fn new(
         runtime: Arc<Runtime>,
@@ -142,7 +143,7 @@ impl ControllerHandle {
         owned: HostOwned,
         slot: Option<InstanceSlot>,
     ) -> Arc<Self> {
-        let actor = Actor {
+        let actor = InstanceState {
             runtime,
             module: module.clone(),
             live: None,
@@ -151,7 +152,7 @@ impl ControllerHandle {
             retired: false,
             _slot: slot,
         };
-        Arc::new(ControllerHandle {
+        Arc::new(ControllerInstance {
             actor: tokio::sync::Mutex::new(actor),
             waiting: Mutex::new(Waiting::default()),
             module: ArcSwap::new(module),
@@ -281,7 +282,7 @@ impl ControllerHandle {
 }
 
 /// A store with its instance.
-struct Live {
+struct Instantiated {
     store: Store<HostState>,
     controller: Controller,
     /// `on-message`, called with the frame as read (no copy of it first).
@@ -289,11 +290,11 @@ struct Live {
 }
 
 /// One instance and the host-owned state that outlives it.
-struct Actor {
+struct InstanceState {
     runtime: Arc<Runtime>,
     module: Arc<Module>,
-    /// `None` until the first event (or [`ControllerHandle::start`]).
-    live: Option<Live>,
+    /// `None` until the first event (or [`ControllerInstance::start`]).
+    live: Option<Instantiated>,
     /// The host-owned state until the first store takes it.
     owned: Option<HostOwned>,
     /// Traps since the last event that succeeded, for backoff.
@@ -304,12 +305,12 @@ struct Actor {
     _slot: Option<InstanceSlot>,
 }
 
-async fn instantiate(runtime: &Runtime, module: &Module) -> wasmtime::Result<Live> {
+async fn instantiate(runtime: &Runtime, module: &Module) -> wasmtime::Result<Instantiated> {
     let mut store = runtime.new_store(module.name.clone(), runtime.detached_owned());
     runtime.arm_budget(&mut store);
     let controller = module.pre.instantiate_async(&mut store).await?;
     let on_message = OnMessage::new(&controller, &store)?;
-    Ok(Live {
+    Ok(Instantiated {
         store,
         controller,
         on_message,
@@ -325,7 +326,7 @@ async fn instantiate_with_backoff(
     module: &Module,
     owned: HostOwned,
     failures: u32,
-) -> Live {
+) -> Instantiated {
     let mut attempt = failures;
     loop {
         if attempt > 1 {
@@ -348,9 +349,9 @@ async fn instantiate_with_backoff(
     }
 }
 
-impl Actor {
+impl InstanceState {
     /// The instance, created first if needed.
-    async fn live(&mut self) -> &mut Live {
+    async fn live(&mut self) -> &mut Instantiated {
         if self.live.is_none() {
             let owned = self
                 .owned
@@ -387,7 +388,7 @@ impl Actor {
         }
         self.live().await;
         let runtime = &self.runtime;
-        let Live {
+        let Instantiated {
             store,
             controller,
             on_message,
@@ -479,12 +480,13 @@ impl Actor {
         };
         let route = &self.module.name;
         let id = conn.id();
-        if msg.len() > live.store.data().sizes.max_message_bytes {
-            warn!(route = %route, conn = id, bytes = msg.len(),
+        let bytes = msg.len();
+        let Ok(frame) = live.store.data().sizes.frame(msg) else {
+            warn!(route = %route, conn = id, bytes,
                 "reply dropped: larger than limits.max_message_bytes");
             return;
-        }
-        if let Err(err) = conn.push(msg.into_frame()) {
+        };
+        if let Err(err) = conn.push(frame) {
             debug!(route = %route, conn = id, ?err, "reply not queued");
         }
     }
@@ -555,7 +557,7 @@ impl Actor {
                     code: 1001,
                     reason: "controller removed".to_owned(),
                 };
-                let Live {
+                let Instantiated {
                     store, controller, ..
                 } = self.live.as_mut().expect("instance is live");
                 self.runtime.arm_budget(store);

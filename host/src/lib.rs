@@ -25,6 +25,8 @@ mod host_api;
 mod instance;
 pub mod module;
 mod opcode;
+mod outbound;
+#[cfg(feature = "bench")]
 pub mod probe;
 mod reader;
 pub mod reload;

@@ -121,7 +121,7 @@ pub struct Module {
     /// Where it was loaded from.
     pub file: PathBuf,
     /// Ready-to-instantiate component, imports resolved.
-    pub pre: ControllerPre<HostState>,
+    pub(crate) pre: ControllerPre<HostState>,
     /// The route pattern from `describe()`.
     pub pattern: RoutePattern,
     /// The route name from `describe()`.
@@ -227,6 +227,7 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<(Module, String
 /// `parallel` tasks, each in a fresh store exactly as a new keyed instance
 /// gets one, and returns the wall time. For the benchmarks: it shows what
 /// the allocation strategy in `config.sandbox` costs per instance.
+#[cfg(feature = "bench")]
 pub async fn time_instantiation(
     config: crate::Config,
     path: &Path,
@@ -269,6 +270,7 @@ pub async fn time_instantiation(
 /// [`crate::probe`]), with no socket, and returns the wall time.
 /// For the benchmarks: it is what the WebAssembly layer adds to every
 /// message, the part a hand-written server does not pay.
+#[cfg(feature = "bench")]
 pub async fn time_events(
     config: crate::Config,
     path: &Path,

@@ -17,15 +17,16 @@ use std::task::Poll;
 
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::connection::{CLOSE_ABNORMAL, ConnHandle, ConnectionInfo};
-use crate::instance::{ControllerHandle, Event};
+use crate::connection::{CLOSE_ABNORMAL, ConnectionInfo};
+use crate::instance::{ControllerInstance, Event};
+use crate::outbound::ConnHandle;
 use crate::runtime::Runtime;
 use crate::writer::{Frame, WRITE_BATCH};
 
 /// One shared instance of a controller module, with connections of its own.
 pub struct Probe {
     config: Arc<crate::Config>,
-    instance: Arc<ControllerHandle>,
+    instance: Arc<ControllerInstance>,
     route: Arc<str>,
     next_id: AtomicU64,
 }
@@ -38,7 +39,7 @@ impl Probe {
         let runtime = Runtime::new(config.clone())?;
         let (module, _) = crate::module::load(&runtime, path).await?;
         let route = module.name.clone();
-        let instance = ControllerHandle::new(
+        let instance = ControllerInstance::new(
             runtime.clone(),
             Arc::new(module),
             runtime.detached_owned(),
@@ -82,7 +83,7 @@ impl Probe {
 
 /// A connection of a [`Probe`]; [`ProbeConnection::close`] ends it.
 pub struct ProbeConnection {
-    instance: Arc<ControllerHandle>,
+    instance: Arc<ControllerInstance>,
     conn: Arc<ConnHandle>,
     /// Frames taken off the connection's queue, as the writer takes them.
     batch: Vec<Frame>,

@@ -50,7 +50,7 @@ thread_local! {
 const COPY_BYTES: usize = 1024;
 
 /// The longest client frame header: 2 bytes, a 64-bit length, the mask.
-const MAX_HEAD: usize = 14;
+const MAX_CLIENT_FRAME_HEADER: usize = 14;
 
 /// A frame's header, checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,14 +273,14 @@ impl Reader {
                 self.poll_pending(tcp, cx)
             };
             match ready!(step) {
-                Step::Frame(head, payload, checked) => {
+                ReadStep::Frame(head, payload, checked) => {
                     if let Some(item) = self.frame(head, payload, checked) {
                         return Poll::Ready(Some(item));
                     }
                 }
-                Step::Again => {}
-                Step::End => return Poll::Ready(None),
-                Step::Failed(err) => return Poll::Ready(Some(Err(err))),
+                ReadStep::Again => {}
+                ReadStep::End => return Poll::Ready(None),
+                ReadStep::Failed(err) => return Poll::Ready(Some(Err(err))),
             }
         }
     }
@@ -312,7 +312,7 @@ impl Reader {
 
     /// Nothing is pending: reads into the thread's buffer and takes the
     /// first frame from it; the rest, if any, becomes pending.
-    fn poll_fresh(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Step> {
+    fn poll_fresh(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<ReadStep> {
         RECV.with_borrow_mut(|buf| {
             buf.clear();
             buf.reserve(self.read_bytes);
@@ -321,17 +321,17 @@ impl Reader {
                 cx,
                 &mut (&mut *buf).limit(self.read_bytes)
             )) {
-                Ok(0) => return Poll::Ready(Step::End),
+                Ok(0) => return Poll::Ready(ReadStep::End),
                 Ok(_) => {}
-                Err(err) => return Poll::Ready(Step::Failed(WsError::Io(err).into())),
+                Err(err) => return Poll::Ready(ReadStep::Failed(WsError::Io(err).into())),
             }
             let head = match parse_head(buf, self.max_frame, self.deflate.is_some()) {
                 Ok(Some(head)) if head.frame_len() <= buf.len() => head,
                 Ok(_) => {
                     self.pending.extend_from_slice(buf);
-                    return Poll::Ready(Step::Again);
+                    return Poll::Ready(ReadStep::Again);
                 }
-                Err(err) => return Poll::Ready(Step::Failed(err.into())),
+                Err(err) => return Poll::Ready(ReadStep::Failed(err.into())),
             };
             let payload = if head.payload_len <= COPY_BYTES {
                 let mut payload = BytesMut::from(&buf[head.head_len..head.frame_len()]);
@@ -347,7 +347,7 @@ impl Reader {
             if !buf.is_empty() {
                 self.pending.extend_from_slice(buf);
             }
-            Poll::Ready(Step::Frame(head, payload, 0))
+            Poll::Ready(ReadStep::Frame(head, payload, 0))
         })
     }
 
@@ -378,7 +378,7 @@ impl Reader {
 
     /// Bytes are pending: takes the frame they start with, reading into
     /// them (not the thread's buffer) until it is complete.
-    fn poll_pending(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Step> {
+    fn poll_pending(&mut self, tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<ReadStep> {
         let head = match parse_head(&self.pending, self.max_frame, self.deflate.is_some()) {
             Ok(Some(head)) if head.frame_len() <= self.pending.len() => head,
             Ok(head) => {
@@ -386,11 +386,11 @@ impl Reader {
                     && self.carries_text(head)
                     && let Err(err) = self.check_partial(head)
                 {
-                    return Poll::Ready(Step::Failed(err.into()));
+                    return Poll::Ready(ReadStep::Failed(err.into()));
                 }
                 // Room for the rest of the frame (or of its header) and for
                 // what may follow it, in one read.
-                let needed = head.map_or(MAX_HEAD, |head| head.frame_len());
+                let needed = head.map_or(MAX_CLIENT_FRAME_HEADER, |head| head.frame_len());
                 self.pending
                     .reserve((needed - self.pending.len()).max(self.read_bytes));
                 return match ready!(tokio_util::io::poll_read_buf(
@@ -398,12 +398,12 @@ impl Reader {
                     cx,
                     &mut self.pending
                 )) {
-                    Ok(0) => Poll::Ready(Step::End),
-                    Ok(_) => Poll::Ready(Step::Again),
-                    Err(err) => Poll::Ready(Step::Failed(WsError::Io(err).into())),
+                    Ok(0) => Poll::Ready(ReadStep::End),
+                    Ok(_) => Poll::Ready(ReadStep::Again),
+                    Err(err) => Poll::Ready(ReadStep::Failed(WsError::Io(err).into())),
                 };
             }
-            Err(err) => return Poll::Ready(Step::Failed(err.into())),
+            Err(err) => return Poll::Ready(ReadStep::Failed(err.into())),
         };
         let mut frame = self.pending.split_to(head.frame_len());
         if self.pending.is_empty() {
@@ -413,7 +413,7 @@ impl Reader {
         frame.advance(head.head_len);
         let checked = std::mem::take(&mut self.checked);
         unmask_from(&mut frame[checked..], head.mask, checked);
-        Poll::Ready(Step::Frame(head, frame.freeze(), checked))
+        Poll::Ready(ReadStep::Frame(head, frame.freeze(), checked))
     }
 
     /// What a complete frame means: a message, a control frame, or (`None`)
@@ -574,7 +574,7 @@ impl ReadError {
 }
 
 /// What one read step produced.
-enum Step {
+enum ReadStep {
     /// A complete frame, its payload unmasked, and how many of its first
     /// bytes were checked as UTF-8 while it arrived.
     Frame(Head, Bytes, usize),

@@ -254,9 +254,16 @@ fn is_module(path: &Path) -> bool {
             .is_some_and(|name| name.to_string_lossy().starts_with('.'))
 }
 
-/// A changed module path, when it was seen, and whether the change was
-/// atomic (renamed into place: the file is complete, no need to wait).
-pub type Change = (PathBuf, Instant, bool);
+/// A change to a module file, as the folder watcher saw it.
+#[derive(Debug)]
+pub struct Change {
+    /// The module file.
+    pub path: PathBuf,
+    /// When the watcher saw it.
+    pub seen: Instant,
+    /// Renamed into place: the file is complete, no need to wait.
+    pub atomic: bool,
+}
 
 /// Watches `dir` for module changes. Keep the returned watcher alive;
 /// changes arrive on the receiver.
@@ -277,7 +284,11 @@ pub fn watch_modules(
                     ))
                 );
                 for path in event.paths.into_iter().filter(|p| is_module(p)) {
-                    let _ = tx.send((path, now, atomic));
+                    let _ = tx.send(Change {
+                        path,
+                        seen: now,
+                        atomic,
+                    });
                 }
             }
             Err(err) => warn!(error = %err, "file watcher error"),
@@ -296,7 +307,7 @@ pub async fn run(mut registry: Registry, mut changes: mpsc::UnboundedReceiver<Ch
         let next_due = pending.values().map(|(_, due)| *due).min();
         tokio::select! {
             change = changes.recv() => match change {
-                Some((path, seen, atomic)) => {
+                Some(Change { path, seen, atomic }) => {
                     let due = if atomic { seen } else { seen + DEBOUNCE };
                     let entry = pending.entry(path).or_insert((seen, due));
                     entry.1 = due;

@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::config::InstanceMode;
-use crate::connection::ConnHandle;
 use crate::handshake::Rejection;
 use crate::host_api::HostOwned;
-use crate::instance::ControllerHandle;
+use crate::instance::ControllerInstance;
 use crate::module::Module;
+use crate::outbound::ConnHandle;
 use crate::runtime::{InstanceSlot, Runtime};
 use crate::state::SharedKv;
 use crate::writer::Frame;
@@ -165,7 +165,7 @@ pub struct RouteHandle {
 
 #[derive(Default)]
 struct Instances {
-    live: HashMap<InstanceKey, Live>,
+    live: HashMap<InstanceKey, Leased>,
     /// Key-value stores of keyed instances, live or kept after their
     /// instance was dropped.
     kept: HashMap<String, Kept>,
@@ -276,8 +276,8 @@ impl Instances {
     }
 }
 
-struct Live {
-    handle: Arc<ControllerHandle>,
+struct Leased {
+    handle: Arc<ControllerInstance>,
     /// Connections using the instance.
     leases: usize,
 }
@@ -288,7 +288,7 @@ pub struct Lease {
     route: Arc<RouteHandle>,
     key: InstanceKey,
     /// The instance to send the connection's events to.
-    pub handle: Arc<ControllerHandle>,
+    pub handle: Arc<ControllerInstance>,
 }
 
 impl RouteHandle {
@@ -309,7 +309,7 @@ impl RouteHandle {
             route
                 .lock()
                 .live
-                .insert(InstanceKey::Shared, Live { handle, leases: 0 });
+                .insert(InstanceKey::Shared, Leased { handle, leases: 0 });
         }
         route
     }
@@ -323,9 +323,9 @@ impl RouteHandle {
         module: Arc<Module>,
         kv: SharedKv,
         slot: Option<InstanceSlot>,
-    ) -> Arc<ControllerHandle> {
+    ) -> Arc<ControllerInstance> {
         let owned = HostOwned::new(kv, self.shared.clone());
-        ControllerHandle::new(self.runtime.clone(), module, owned, slot)
+        ControllerInstance::new(self.runtime.clone(), module, owned, slot)
     }
 
     /// The version serving new instances.
@@ -394,7 +394,7 @@ impl RouteHandle {
         let handle = self.instance(module, kv, Some(slot));
         instances.live.insert(
             key.clone(),
-            Live {
+            Leased {
                 handle: handle.clone(),
                 leases: 1,
             },

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::admission::{Admission, Permit, UpgradePermit};
-use crate::auth::{Guard, Principal};
+use crate::auth::{Authorized, Guard, Principal};
 use crate::config::Config;
 use crate::connection::{self, ConnectionInfo};
 use crate::deflate;
@@ -183,9 +183,19 @@ impl Server {
             guard,
             ..
         } = self;
-        // The reload task ends when the watcher (and so its sender) is dropped.
+        // The reload task ends when the watcher (and so its sender) is
+        // dropped. It is watched: should it panic, hot reload is over (the
+        // modules keep serving), and the log must say so.
         let _watcher = watcher.map(|(watcher, changes)| {
-            tokio::spawn(reload::run(registry, changes));
+            let reloads = tokio::spawn(reload::run(registry, changes));
+            tokio::spawn(async move {
+                if let Err(err) = reloads.await
+                    && err.is_panic()
+                {
+                    error!(error = %err, "hot reload stopped: the reload task panicked; \
+                        the loaded controllers keep serving, restart the server to reload again");
+                }
+            });
             watcher
         });
         let next_id = Arc::new(AtomicU64::new(1));
@@ -318,7 +328,7 @@ impl Accepted {
             }
         };
 
-        let admitted = match self.admit(&request) {
+        let admitted = match self.check(&request) {
             Ok(admitted) => admitted,
             Err(rejection) => {
                 // The body names the reason; it never holds the token.
@@ -392,7 +402,7 @@ impl Accepted {
     /// Routes an upgrade request and runs every check that may refuse it,
     /// in order: route (404), upgrade headers (426/405/400), origin (403),
     /// token and roles (401/403), connection limits (503/429).
-    fn admit(&self, request: &Request) -> Result<Admitted, Rejection> {
+    fn check(&self, request: &Request) -> Result<Admitted, Rejection> {
         let routes = self.routes.load_full();
         let matched = routes
             .lookup(&request.path)
@@ -406,7 +416,7 @@ impl Accepted {
             .route_is_granted(&module.name, &module.is_granted);
         let mut query = parse_query(&request.query);
         let token = self.guard.take_token(request, &mut query);
-        let (principal, ignored) = self.guard.admit(token.as_deref(), required)?;
+        let Authorized { principal, ignored } = self.guard.authorize(token.as_deref(), required)?;
         if let Some(reason) = ignored {
             debug!(peer = %self.peer, route = %module.name, reason = %reason, "token ignored on a public route");
         }

@@ -29,9 +29,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tracing::debug;
 
-use crate::connection::ConnHandle;
 use crate::deflate::{self, Deflate};
 use crate::opcode;
+use crate::outbound::ConnHandle;
 
 /// Frames taken off the queue per batch at most; between two batches the
 /// connection's task may read. A batch of small frames leaves with one
@@ -41,13 +41,13 @@ use crate::opcode;
 pub const WRITE_BATCH: usize = 512;
 
 /// The longest frame header: 2 bytes and a 64-bit length, no mask.
-const MAX_HEAD: usize = 10;
+const MAX_SERVER_FRAME_HEADER: usize = 10;
 
 /// One unfragmented frame, encoded: its header and its payload. Cloning it
 /// copies the header and shares the payload.
 #[derive(Clone)]
 pub struct Frame {
-    head: [u8; MAX_HEAD],
+    head: [u8; MAX_SERVER_FRAME_HEADER],
     head_len: u8,
     payload: Bytes,
 }
@@ -63,7 +63,7 @@ impl Frame {
     /// A frame whose first byte is `first` (FIN: every message is one
     /// frame; the opcode; RSV1 when compressed).
     fn with_first_byte(first: u8, payload: Bytes) -> Frame {
-        let mut head = [0; MAX_HEAD];
+        let mut head = [0; MAX_SERVER_FRAME_HEADER];
         head[0] = first;
         let len = payload.len();
         let head_len = if len < 126 {

@@ -4,13 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -62,8 +61,16 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     /// Hot-reload outcomes since the server started.
     pub reloads: tokio::sync::broadcast::Receiver<ReloadEvent>,
+    logs: Logs,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// What a server thread reports once it listens.
+struct Ready {
+    addr: SocketAddr,
+    rejected: Vec<String>,
+    reloads: tokio::sync::broadcast::Receiver<ReloadEvent>,
 }
 
 impl TestServer {
@@ -83,27 +90,79 @@ impl TestServer {
     }
 
     /// Starts a server on a prepared controllers folder.
+    ///
+    /// The server runs on a thread of its own, with a runtime of its own
+    /// shaped like the test's: one thread, or two workers (as the binary
+    /// has several) when the test is multi-threaded. Every thread of that
+    /// runtime logs into this server's [`Logs`] only: a test's log
+    /// assertions never see another test's server.
     pub async fn start_in(dir: tempfile::TempDir, mut config: Config) -> TestServer {
         config.controllers = dir.path().to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = switchyard::Server::new(config)
-            .await
-            .expect("server starts");
-        let rejected = server.rejected().iter().map(|e| e.to_string()).collect();
-        let reloads = server.reload_events();
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(server.serve(listener, async {
-            let _ = rx.await;
-        }));
+        let logs = Logs::default();
+        let dispatch = logs.dispatch();
+        let multi_threaded = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (shutdown, stop) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("test-server".into())
+            .spawn(move || {
+                let _logs = tracing::dispatcher::set_default(&dispatch);
+                let mut builder = if multi_threaded {
+                    let mut builder = tokio::runtime::Builder::new_multi_thread();
+                    builder.worker_threads(2);
+                    builder
+                } else {
+                    tokio::runtime::Builder::new_current_thread()
+                };
+                // Each worker and blocking thread logs here for its life
+                // (the runtime's threads end with it).
+                let runtime = builder
+                    .enable_all()
+                    .on_thread_start(move || {
+                        std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+                    })
+                    .build()?;
+                runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                    let server = switchyard::Server::new(config).await?;
+                    let ready = Ready {
+                        addr: listener.local_addr()?,
+                        rejected: server.rejected().iter().map(|e| e.to_string()).collect(),
+                        reloads: server.reload_events(),
+                    };
+                    let _ = ready_tx.send(ready);
+                    server
+                        .serve(listener, async {
+                            let _ = stop.await;
+                        })
+                        .await
+                })
+            })
+            .unwrap();
+        let ready = match tokio::time::timeout(WAIT, ready_rx).await {
+            Ok(Ok(ready)) => ready,
+            _ => {
+                let ended = tokio::task::spawn_blocking(move || thread.join()).await;
+                panic!("the server did not start: {ended:?}");
+            }
+        };
         TestServer {
-            addr,
-            rejected,
+            addr: ready.addr,
+            rejected: ready.rejected,
             dir,
-            reloads,
-            shutdown: Some(tx),
-            task: Some(task),
+            reloads: ready.reloads,
+            logs,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
         }
+    }
+
+    /// What this server (and its controllers) logged: everything from
+    /// Switchyard and the guests, at every level, and `info` and above
+    /// from the libraries. Cheap to clone; readable after [`Self::stop`].
+    pub fn logs(&self) -> Logs {
+        self.logs.clone()
     }
 
     /// `ws://addr{path}`.
@@ -190,20 +249,20 @@ impl TestServer {
     /// Stops the server and waits for it to finish.
     pub async fn stop(mut self) {
         self.shutdown.take().unwrap().send(()).ok();
-        let task = self.task.take().unwrap();
-        tokio::time::timeout(WAIT, task)
+        let thread = self.thread.take().unwrap();
+        let ended = tokio::time::timeout(WAIT, tokio::task::spawn_blocking(move || thread.join()))
             .await
             .expect("server did not stop")
-            .unwrap()
             .unwrap();
+        ended.expect("the server thread panicked").unwrap();
     }
 }
 
 impl Drop for TestServer {
+    /// A test that ends early (it failed) lets the server shut down on its
+    /// own thread.
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
-        }
+        drop(self.shutdown.take());
     }
 }
 
@@ -272,8 +331,9 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&response).into_owned()
 }
 
-/// The log output of every server in this test binary, captured from
-/// `tracing` at info level and above (guest output included).
+/// The log output of one server, captured from `tracing`: Switchyard's own
+/// lines and the guests' at every level, other crates' at `info` and above.
+#[derive(Clone, Default)]
 pub struct Logs {
     text: Arc<Mutex<String>>,
 }
@@ -295,22 +355,18 @@ impl std::io::Write for LogWriter {
     }
 }
 
-/// Starts capturing logs (once per test binary) and returns the capture.
-pub fn logs() -> &'static Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let text = Arc::new(Mutex::new(String::new()));
-        let sink = text.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("info")
+impl Logs {
+    /// A subscriber writing into this capture.
+    fn dispatch(&self) -> tracing::Dispatch {
+        let sink = self.text.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("info,switchyard=trace,guest=trace")
             .with_ansi(false)
             .with_writer(move || LogWriter(sink.clone()))
-            .init();
-        Logs { text }
-    })
-}
+            .finish();
+        tracing::Dispatch::new(subscriber)
+    }
 
-impl Logs {
     /// Everything captured so far.
     pub fn text(&self) -> String {
         self.text.lock().unwrap().clone()

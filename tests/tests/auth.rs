@@ -202,12 +202,12 @@ async fn welcome(ws: &mut Ws) -> Value {
 
 #[tokio::test]
 async fn missing_and_bad_tokens_get_401_and_never_reach_on_open() {
-    let logs = logs();
     let mut config = auth_config();
     config.auth.issuer = Some("https://issuer.test".into());
     config.auth.audience = Some("switchyard-tests".into());
     config.auth.leeway_s = 5;
     let server = TestServer::start_with(&["admin"], config).await;
+    let logs = server.logs();
 
     let good = |sub: &str| {
         let mut claims = claims(sub, &["ROLE_ADMIN"]);
@@ -507,5 +507,29 @@ async fn an_expiring_token_closes_its_connection_with_1008_when_enabled() {
     );
     send_text(&mut stays, "still here").await;
     assert_eq!(recv_json(&mut stays).await["data"], "still here");
+    server.stop().await;
+}
+
+/// Who is present is kept in the host (each admin's name is its
+/// connection's attachment), so a hot reload of the admin sample, which
+/// starts a fresh controller struct, forgets no one.
+#[tokio::test]
+async fn the_admin_presence_list_survives_a_hot_reload() {
+    let mut server = TestServer::start_with(&["admin"], auth_config()).await;
+    let token = |sub: &str| hs256(&claims(sub, &["ROLE_ADMIN"]));
+    let alice_token = token("alice");
+    let mut alice = admitted(&server, "/admin/", Some((&alice_token, Via::Header))).await;
+    assert_eq!(welcome(&mut alice).await["present"], json!(["alice"]));
+
+    std::fs::write(server.file("admin.wasm"), module_variant("admin", 1)).unwrap();
+    server.until_live("admin.wasm").await;
+
+    let bob_token = token("bob");
+    let mut bob = admitted(&server, "/admin/", Some((&bob_token, Via::Header))).await;
+    assert_eq!(welcome(&mut bob).await["present"], json!(["alice", "bob"]));
+    assert_eq!(
+        recv_json(&mut alice).await,
+        json!({"type": "join", "user": "bob"})
+    );
     server.stop().await;
 }

@@ -584,7 +584,15 @@ async fn pings_answered_while_a_frame_is_half_written_keep_the_stream_whole() {
 async fn a_peer_close_while_a_frame_is_half_written_ends_cleanly() {
     use futures_util::StreamExt;
     let server = TestServer::start_with(&["echo"], big_echo_config()).await;
-    let mut ws = server.connect("/echo").await;
+    // A small receive buffer: the server (running beside this test, on a
+    // thread of its own) cannot get 96 MiB of echoes out before the close
+    // arrives, whatever the loopback's buffers would grow to.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(server.url("/echo"), stream)
+        .await
+        .unwrap();
     let payloads = big_payloads();
     for i in 0..BIG_MESSAGES {
         let bytes = payloads[i % payloads.len()].clone();

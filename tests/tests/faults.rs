@@ -48,8 +48,8 @@ async fn a_panic_closes_only_its_connection() {
 
 #[tokio::test]
 async fn an_endless_loop_is_stopped_by_the_cpu_budget() {
-    let logs = logs();
     let server = TestServer::start_with(&["fault", "echo"], fault_config()).await;
+    let logs = server.logs();
     faults_with_1011(&server, "loop").await;
     logs.wait_for(&["controller failed", "route=fault", "interrupt"])
         .await;
@@ -58,13 +58,13 @@ async fn an_endless_loop_is_stopped_by_the_cpu_budget() {
 
 #[tokio::test]
 async fn unbounded_allocation_is_stopped_by_the_memory_cap() {
-    let logs = logs();
     let mut config = fault_config();
     // The cap must be what stops it: filling 64 MiB of fresh pages took
     // more than the 100 ms budget once on a cold CI machine (the trap was
     // the budget's interrupt, not the cap).
     config.sandbox.event_budget_ms = 5_000;
     let server = TestServer::start_with(&["fault", "echo"], config).await;
+    let logs = server.logs();
     faults_with_1011(&server, "alloc").await;
     logs.wait_for(&["controller failed", "route=fault", "growing memory"])
         .await;
@@ -83,13 +83,13 @@ async fn unbounded_recursion_is_a_caught_stack_overflow() {
 
 #[tokio::test]
 async fn an_oversized_reply_is_refused_and_the_connection_lives() {
-    let logs = logs();
     let mut config = fault_config();
     // Room for the guest to build a 100 MiB message; the host must still
     // refuse to send it.
     config.sandbox.max_memory_bytes = 512 << 20;
     config.sandbox.event_budget_ms = 5_000;
     let server = TestServer::start_with(&["fault"], config).await;
+    let logs = server.logs();
     let mut ws = server.connect("/fault").await;
     send_text(&mut ws, "huge 100").await;
     // The next reply is the one after: the giant one was never queued.
@@ -128,8 +128,8 @@ async fn bogus_ids_and_codes_get_error_values() {
 
 #[tokio::test]
 async fn closing_a_closed_connection_is_an_error_value() {
-    let logs = logs();
     let server = TestServer::start(&["fault"]).await;
+    let logs = server.logs();
     let mut ws = server.connect("/fault").await;
     send_text(&mut ws, "close-twice").await;
     let frame = expect_close(&mut ws).await;
@@ -144,8 +144,8 @@ async fn closing_a_closed_connection_is_an_error_value() {
 
 #[tokio::test]
 async fn a_controller_failing_every_event_backs_off_reports_degraded_and_recovers() {
-    let logs = logs();
     let server = TestServer::start(&["fault"]).await;
+    let logs = server.logs();
     let mut ws = server.connect("/fault").await;
     // The next 4 events fail, whoever they belong to: the close of `ws`
     // (on-close), then the open of the next client and its close.

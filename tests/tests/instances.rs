@@ -236,7 +236,9 @@ async fn reply_order(server: &TestServer) -> Vec<String> {
     vec![rx.recv().await.unwrap(), rx.recv().await.unwrap()]
 }
 
-#[tokio::test]
+/// Rooms run in parallel on the server's workers (the test is
+/// multi-threaded, so its server has two).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_room_does_not_delay_another_room() {
     let mut config = test_config();
     config.sandbox.event_budget_ms = 10_000;

@@ -203,8 +203,8 @@ async fn a_per_address_limit_answers_429() {
 
 #[tokio::test]
 async fn graceful_shutdown_runs_every_on_close_and_sends_1001() {
-    let logs = logs();
     let server = TestServer::start(&["probe", "chat"]).await;
+    let logs = server.logs();
     let mut clients = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..3 {

@@ -70,8 +70,8 @@ async fn frames_in_one_write_and_one_frame_in_many_arrive_whole() {
 async fn pings_from_a_client_that_reads_nothing_end_as_a_slow_consumer() {
     let mut config = test_config();
     config.limits.outbound_queue_messages = 64;
-    let logs = logs();
     let server = TestServer::start_with(&["echo"], config).await;
+    let logs = server.logs();
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();

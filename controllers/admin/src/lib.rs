@@ -15,17 +15,18 @@
 //! and connect to `ws://127.0.0.1:8080/admin/?access_token=$TOKEN`, or send
 //! `Authorization: Bearer $TOKEN`. Without the token you get 401.
 
-use std::collections::BTreeMap;
-
 use switchyard_sdk::serde_json::json;
-use switchyard_sdk::{CloseInfo, Connection, Controller, Message, socket_route};
+use switchyard_sdk::{
+    CloseInfo, Connection, Controller, LogLevel, Message, attachment_json, socket_route,
+};
 
+/// Who is present lives in the host, not in this struct: each connection's
+/// name is its attachment, and the host lists the open connections. Both
+/// outlive a hot reload or a trap of the instance, which starts a fresh
+/// struct, so a newcomer after a reload still sees everyone.
 #[socket_route(route = "/admin/", name = "admin", is_granted = ["ROLE_ADMIN"])]
 #[derive(Default)]
-struct Admin {
-    /// Who is present, by connection id.
-    present: BTreeMap<u64, String>,
-}
+struct Admin;
 
 fn user(conn: &Connection) -> String {
     // The route is protected, so every connection carries a subject; a
@@ -36,9 +37,15 @@ fn user(conn: &Connection) -> String {
 impl Controller for Admin {
     fn on_open(&mut self, conn: &Connection) -> Option<Message> {
         let me = user(conn);
-        let _ = conn.broadcast_others(&Message::json(&json!({"type": "join", "user": me})));
-        self.present.insert(conn.id, me.clone());
-        let present: Vec<&String> = self.present.values().collect();
+        conn.broadcast_others(&Message::json(&json!({"type": "join", "user": me})));
+        if let Err(err) = conn.set_attachment_json(&me) {
+            // A subject longer than the attachment limit: served, not listed.
+            switchyard_sdk::log(LogLevel::Warn, &format!("{me}: not listed as present: {err:?}"));
+        }
+        let present: Vec<String> = switchyard_sdk::connections()
+            .into_iter()
+            .filter_map(attachment_json::<String>)
+            .collect();
         Some(Message::json(&json!({
             "type": "welcome",
             "user": me,
@@ -50,12 +57,11 @@ impl Controller for Admin {
     fn on_message(&mut self, conn: &Connection, msg: Message) -> Option<Message> {
         let text = msg.as_text()?;
         let out = Message::json(&json!({"type": "message", "user": user(conn), "data": text}));
-        let _ = switchyard_sdk::broadcast(&out, None);
+        switchyard_sdk::broadcast(&out, None);
         None
     }
 
     fn on_close(&mut self, conn: &Connection, _info: CloseInfo) {
-        self.present.remove(&conn.id);
-        let _ = conn.broadcast_others(&Message::json(&json!({"type": "leave", "user": user(conn)})));
+        conn.broadcast_others(&Message::json(&json!({"type": "leave", "user": user(conn)})));
     }
 }

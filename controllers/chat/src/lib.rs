@@ -31,7 +31,7 @@ fn who(conn: &Connection) -> String {
 impl Controller for Chat {
     fn on_open(&mut self, conn: &Connection) -> Option<Message> {
         // A full queue closes that peer; the others still get the notice.
-        let _ = conn.broadcast_others(&Message::json(&json!({"type": "join", "user": who(conn)})));
+        conn.broadcast_others(&Message::json(&json!({"type": "join", "user": who(conn)})));
         Some(Message::json(&json!({"type": "system", "data": "Hello world!"})))
     }
 
@@ -42,11 +42,11 @@ impl Controller for Chat {
             }
             Message::Binary(_) => msg,
         };
-        let _ = conn.broadcast_others(&forwarded);
+        conn.broadcast_others(&forwarded);
         None
     }
 
     fn on_close(&mut self, conn: &Connection, _info: CloseInfo) {
-        let _ = conn.broadcast_others(&Message::json(&json!({"type": "leave", "user": who(conn)})));
+        conn.broadcast_others(&Message::json(&json!({"type": "leave", "user": who(conn)})));
     }
 }

@@ -92,8 +92,12 @@ fn welcome(
 impl Controller for Rooms {
     fn on_open(&mut self, conn: &Connection) -> Option<Message> {
         let me = nickname(conn);
-        let _ = conn.set_attachment_json(&me);
-        let _ = conn.join("lobby");
+        // Host-owned, so a reload or a trap forgets neither; a 32-character
+        // name is far below the attachment limit, a short group name below
+        // the group-name limit, so these fail only if the host changes.
+        if let Err(err) = conn.set_attachment_json(&me).and_then(|()| conn.join("lobby")) {
+            switchyard_sdk::log(LogLevel::Warn, &format!("{me}: not listed or not in the lobby: {err:?}"));
+        }
         let others: Vec<_> = switchyard_sdk::connections()
             .into_iter()
             .filter(|id| *id != conn.id)
@@ -103,7 +107,7 @@ impl Controller for Rooms {
             .take(WELCOME_NAMES)
             .filter_map(|id| attachment_json::<String>(*id))
             .collect();
-        let _ = conn.broadcast_others(&Message::json(&json!({"type": "join", "user": me})));
+        conn.broadcast_others(&Message::json(&json!({"type": "join", "user": me})));
         let history: Vec<Value> = state::get_json("history").unwrap_or_default();
         Some(welcome(conn.param("room"), &me, &names, others.len(), &history))
     }
@@ -119,7 +123,7 @@ impl Controller for Rooms {
         let me = nickname(conn);
         if let Some(announcement) = text.strip_prefix("/all ") {
             let out = json!({"type": "announcement", "user": me, "room": conn.param("room"), "data": announcement});
-            let _ = groups::publish("lobby", &Message::json(&out), None);
+            groups::publish("lobby", &Message::json(&out), None);
             return None;
         }
         let out = json!({"type": "message", "user": me, "data": text});
@@ -128,12 +132,16 @@ impl Controller for Rooms {
         if history.len() > HISTORY {
             history.remove(0);
         }
-        let _ = state::set_json("history", &history);
-        let _ = switchyard_sdk::broadcast(&Message::json(&out), None);
+        // Messages escaped in JSON can outgrow the store's value limit
+        // (sandbox.state_value_bytes): keep what fits, newest first.
+        while state::set_json("history", &history).is_err() && !history.is_empty() {
+            history.remove(0);
+        }
+        switchyard_sdk::broadcast(&Message::json(&out), None);
         None
     }
 
     fn on_close(&mut self, conn: &Connection, _info: CloseInfo) {
-        let _ = conn.broadcast_others(&Message::json(&json!({"type": "leave", "user": nickname(conn)})));
+        conn.broadcast_others(&Message::json(&json!({"type": "leave", "user": nickname(conn)})));
     }
 }

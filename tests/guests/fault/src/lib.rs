@@ -82,11 +82,11 @@ impl Controller for Fault {
             }
             "bogus" => {
                 let results: Vec<(String, String)> = vec![
-                    ("send".into(), name(switchyard_sdk::send(u64::MAX, &Message::text("x")))),
-                    ("send-zero".into(), name(switchyard_sdk::send(0, &Message::text("x")))),
+                    ("send".into(), name(switchyard_sdk::try_send(u64::MAX, &Message::text("x")))),
+                    ("send-zero".into(), name(switchyard_sdk::try_send(0, &Message::text("x")))),
                     (
                         "broadcast-except-bogus".into(),
-                        match switchyard_sdk::broadcast(&Message::text("all"), Some(u64::MAX)) {
+                        match switchyard_sdk::try_broadcast(&Message::text("all"), Some(u64::MAX)) {
                             Ok(n) => format!("ok {n}"),
                             Err(err) => err.name().to_owned(),
                         },

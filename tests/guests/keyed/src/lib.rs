@@ -54,7 +54,7 @@ impl Controller for Keyed {
             }
             "connections" => Message::json(&switchyard_sdk::connections()),
             "broadcast" => {
-                let n = switchyard_sdk::broadcast(&Message::text(arg), None).unwrap_or(0);
+                let n = switchyard_sdk::broadcast(&Message::text(arg), None);
                 Message::text(n.to_string())
             }
             _ => msg,

@@ -63,22 +63,22 @@ impl Controller for Probe {
             "connections" => Message::json(&switchyard_sdk::connections()),
             "send" => {
                 let (id, text) = rest.split_once(' ').unwrap_or((rest, ""));
-                result(switchyard_sdk::send(id.parse().unwrap_or(u64::MAX), &Message::text(text)))
+                result(switchyard_sdk::try_send(id.parse().unwrap_or(u64::MAX), &Message::text(text)))
             }
             "sendn" => {
                 let (id, n) = rest.split_once(' ').unwrap_or((rest, "0"));
                 let body = "x".repeat(n.parse().unwrap_or(0));
-                result(switchyard_sdk::send(id.parse().unwrap_or(u64::MAX), &Message::text(body)))
+                result(switchyard_sdk::try_send(id.parse().unwrap_or(u64::MAX), &Message::text(body)))
             }
             "burst" => {
                 // `n` messages to this connection in one event: "0", "1", …
                 let n: u32 = rest.parse().unwrap_or(0);
                 let sent = (0..n)
-                    .take_while(|i| switchyard_sdk::send(conn.id, &Message::text(i.to_string())).is_ok())
+                    .take_while(|i| switchyard_sdk::try_send(conn.id, &Message::text(i.to_string())).is_ok())
                     .count();
                 Message::text(format!("sent {sent}"))
             }
-            "broadcast" => result(switchyard_sdk::broadcast(&Message::text(rest), None)),
+            "broadcast" => result(switchyard_sdk::try_broadcast(&Message::text(rest), None)),
             "close" => {
                 let mut parts = rest.splitn(3, ' ');
                 let id = parts.next().and_then(|p| p.parse().ok()).unwrap_or(u64::MAX);
@@ -90,7 +90,7 @@ impl Controller for Probe {
             "leave" => result(conn.leave(rest)),
             "publish" => {
                 let (group, text) = rest.split_once(' ').unwrap_or((rest, ""));
-                result(switchyard_sdk::groups::publish(group, &Message::text(text), None))
+                result(switchyard_sdk::groups::try_publish(group, &Message::text(text), None))
             }
             "members" => Message::json(&switchyard_sdk::groups::members(rest)),
             "attach" => result(conn.set_attachment(rest.as_bytes())),
