@@ -218,8 +218,10 @@ async fn an_emptied_instance_is_dropped_and_its_state_kept_for_the_keep_time() {
     server.stop().await;
 }
 
-/// Sends `spin 1000` in room `a`, then `hello` in room `b`, and returns the
-/// two replies in the order they arrived.
+/// Sends `spin 1000` in room `a` and, once the spin has started (the guest
+/// logs it), `hello` in room `b`; returns the two replies in the order they
+/// arrived. (Two sockets are read in no set order: without the wait, `b`'s
+/// message could run first.)
 async fn reply_order(server: &TestServer) -> Vec<String> {
     let mut a = server.connect("/keyed/a").await;
     let mut b = server.connect("/keyed/b").await;
@@ -227,6 +229,7 @@ async fn reply_order(server: &TestServer) -> Vec<String> {
     assert_eq!(ask(&mut b, "warm").await, "warm");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     send_text(&mut a, "spin 1000").await;
+    server.logs().wait_for(&["spin 1000 started"]).await;
     send_text(&mut b, "hello").await;
     let ta = tx.clone();
     let wait_a = tokio::spawn(async move { ta.send(recv_text(&mut a).await).unwrap() });

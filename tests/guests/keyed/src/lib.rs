@@ -4,7 +4,8 @@
 //!   instance starts from zero).
 //! - `count`: increments and returns a counter in the instance's key-value
 //!   store (host-owned: kept a while after the instance is dropped).
-//! - `spin <ms>`: busy-waits that long, then answers `spun`.
+//! - `spin <ms>`: logs `spin <ms> started`, busy-waits that long, then
+//!   answers `spun`.
 //! - `work <n>`: `n` rounds of a hash computation (CPU work whose cost does
 //!   not depend on the clock), answering the result.
 //! - `connections`: `host.connections()`, scoped to this instance.
@@ -12,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard_sdk::{Connection, Controller, Message, socket_route, state};
+use switchyard_sdk::{Connection, Controller, LogLevel, Message, socket_route, state};
 
 #[socket_route(route = "/keyed/{key}", name = "keyed", instance = "keyed:key")]
 #[derive(Default)]
@@ -38,6 +39,8 @@ impl Controller for Keyed {
                 Message::text(count.to_string())
             }
             "spin" => {
+                // Logged first, so a test knows the instance is busy.
+                switchyard_sdk::log(LogLevel::Info, &format!("spin {arg} started"));
                 let until = Instant::now() + Duration::from_millis(arg.parse().unwrap_or(0));
                 while Instant::now() < until {
                     std::hint::spin_loop();
