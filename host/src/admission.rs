@@ -52,6 +52,17 @@ fn client(address: IpAddr) -> IpAddr {
     }
 }
 
+/// Adds one to the count of `address` if it is below `limit`; returns
+/// whether it was.
+fn take(counts: &mut HashMap<IpAddr, usize>, address: IpAddr, limit: usize) -> bool {
+    let count = counts.entry(address).or_insert(0);
+    let room = *count < limit;
+    if room {
+        *count += 1;
+    }
+    room
+}
+
 /// Takes one from a per-address count, forgetting addresses at zero.
 fn release(counts: &mut HashMap<IpAddr, usize>, address: IpAddr) {
     if let Some(n) = counts.get_mut(&address) {
@@ -114,15 +125,13 @@ impl Admission {
                 format!("route {route} is at its connection limit ({limit}); try again later"),
             ));
         }
-        if let Some(limit) = per_address {
-            let from_address = counts.addresses.entry(address).or_insert(0);
-            if *from_address >= limit {
-                return Err(Rejection::try_later(
-                    429,
-                    format!("too many connections from your address or network (limit {limit})"),
-                ));
-            }
-            *from_address += 1;
+        if let Some(limit) = per_address
+            && !take(&mut counts.addresses, address, limit)
+        {
+            return Err(Rejection::try_later(
+                429,
+                format!("too many connections from your address or network (limit {limit})"),
+            ));
         }
         counts.total += 1;
         *counts.routes.entry(route.clone()).or_insert(0) += 1;
@@ -150,17 +159,15 @@ impl Admission {
                 ),
             ));
         }
-        if let Some(limit) = per_address {
-            let from_address = counts.upgrading_from.entry(address).or_insert(0);
-            if *from_address >= limit {
-                return Err(Rejection::try_later(
-                    429,
-                    format!(
-                        "too many upgrades in progress from your address or network (limit {limit})"
-                    ),
-                ));
-            }
-            *from_address += 1;
+        if let Some(limit) = per_address
+            && !take(&mut counts.upgrading_from, address, limit)
+        {
+            return Err(Rejection::try_later(
+                429,
+                format!(
+                    "too many upgrades in progress from your address or network (limit {limit})"
+                ),
+            ));
         }
         counts.upgrading += 1;
         Ok(UpgradePermit {

@@ -89,11 +89,6 @@ impl KvStore {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
-
-    /// Whether it holds no key.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 #[cfg(test)]
