@@ -8,6 +8,10 @@
 
 #![deny(missing_docs)]
 
+mod pattern;
+
+pub use pattern::{PatternError, RoutePattern, percent_decode};
+
 /// One segment of a route pattern, as written (a literal is not
 /// percent-decoded here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,89 @@ use std::time::Duration;
 use serde::Deserialize;
 use switchyard_grammar::Mode;
 
+/// Why a configuration cannot be used. Each message names the file, key or
+/// folder it is about and says what is expected; all of them are the
+/// user's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key or value is unknown or has the
+    /// wrong type.
+    #[error("{}{message}", in_file(file.as_deref()))]
+    Syntax {
+        /// The file, when the text came from one.
+        file: Option<PathBuf>,
+        /// What is wrong and where.
+        message: String,
+    },
+    /// A value breaks a rule (a range, or a rule between several keys).
+    #[error("{}{message}", in_file(file.as_deref()))]
+    Invalid {
+        /// The file, when the text came from one.
+        file: Option<PathBuf>,
+        /// The rule, with the keys and values involved.
+        message: String,
+    },
+    /// The controllers folder cannot be read.
+    #[error(
+        "cannot read the controllers folder {}: {source}; create it or pass --controllers DIR",
+        path.display()
+    )]
+    ControllersDir {
+        /// The folder.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+}
+
+fn in_file(file: Option<&Path>) -> String {
+    file.map(|file| format!("config file {}: ", file.display()))
+        .unwrap_or_default()
+}
+
+impl ConfigError {
+    /// A broken rule, said by `message`.
+    pub fn invalid(message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: None,
+            message: message.into(),
+        }
+    }
+
+    /// The same error, about `path`.
+    fn in_file(self, path: &Path) -> ConfigError {
+        match self {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                file: Some(path.to_owned()),
+                message,
+            },
+            ConfigError::Invalid { message, .. } => ConfigError::Invalid {
+                file: Some(path.to_owned()),
+                message,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Returns [`ConfigError::Invalid`] with the formatted message unless
+/// `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($message:tt)+) => {
+        if !$cond {
+            return Err(ConfigError::invalid(format!($($message)+)));
+        }
+    };
+}
+
 /// How a route's connections are spread over instances. Read from the
 /// config as `"shared"`, `"per-connection"` or `"keyed:<param>"`, parsed
 /// once, there.
@@ -127,13 +210,13 @@ impl Default for Compression {
 }
 
 impl Compression {
-    fn validate(&self, key: &str) -> anyhow::Result<()> {
-        anyhow::ensure!(
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        ensure!(
             self.level <= 9,
             "`{key}.level` must be 0 to 9, not {}",
             self.level
         );
-        anyhow::ensure!(
+        ensure!(
             (9..=15).contains(&self.server_max_window_bits),
             "`{key}.server_max_window_bits` must be 9 to 15, not {}",
             self.server_max_window_bits
@@ -435,8 +518,11 @@ impl Default for Sandbox {
 
 impl Config {
     /// Parses a TOML document. Paths stay as written.
-    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|err| anyhow::anyhow!("{err}"))?;
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            file: None,
+            message: err.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -466,15 +552,15 @@ impl Config {
         &self,
         name: &str,
         declared: &InstanceMode,
-        pattern: &crate::router::RoutePattern,
-    ) -> anyhow::Result<InstanceMode> {
+        pattern: &crate::routing::router::RoutePattern,
+    ) -> Result<InstanceMode, ConfigError> {
         let mode = self
             .routes
             .get(name)
             .and_then(|route| route.instance.clone())
             .unwrap_or_else(|| declared.clone());
         if let InstanceMode::Keyed(param) = &mode {
-            anyhow::ensure!(
+            ensure!(
                 pattern.captures(param),
                 "route {name}: instances keyed by `{param}`, but the pattern {pattern} captures no `{{{param}}}`"
             );
@@ -502,13 +588,14 @@ impl Config {
     /// and made absolute, so that every part of the server (the loader, the
     /// folder watchers, the builder) sees each path in one form, whatever
     /// the working directory.
-    pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| anyhow::anyhow!("cannot read config file {}: {err}", path.display()))?;
-        let mut config = Config::from_toml(&text)
-            .map_err(|err| anyhow::anyhow!("config file {}: {err}", path.display()))?;
-        let path = std::path::absolute(path)
-            .map_err(|err| anyhow::anyhow!("config file {}: {err}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let read = |source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(read)?;
+        let mut config = Config::from_toml(&text).map_err(|err| err.in_file(path))?;
+        let path = std::path::absolute(path).map_err(read)?;
         let base = path.parent().unwrap_or(Path::new("/"));
         let resolve = |file: &mut PathBuf| {
             if file.is_relative() {
@@ -528,17 +615,15 @@ impl Config {
     /// under it: notify reports absolute paths under the folder it watches,
     /// so a relative or differently spelled folder would make the same file
     /// look like two.
-    pub fn controllers_dir(&self) -> anyhow::Result<PathBuf> {
-        std::fs::canonicalize(&self.controllers).map_err(|err| {
-            anyhow::anyhow!(
-                "cannot read the controllers folder {}: {err}; create it or pass --controllers DIR",
-                self.controllers.display()
-            )
+    pub fn controllers_dir(&self) -> Result<PathBuf, ConfigError> {
+        std::fs::canonicalize(&self.controllers).map_err(|source| ConfigError::ControllersDir {
+            path: self.controllers.clone(),
+            source,
         })
     }
 
     /// Checks rules that involve more than one key.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.compression.validate("compression")?;
         for name in self.routes.keys() {
             self.route_compression(name)
@@ -573,21 +658,21 @@ impl Config {
             ),
         ];
         for (key, value) in positive {
-            anyhow::ensure!(value > 0, "`{key}` must be greater than 0");
+            ensure!(value > 0, "`{key}` must be greater than 0");
         }
-        anyhow::ensure!(
+        ensure!(
             self.sandbox.pool_instances > RESERVED_INSTANCES,
             "`sandbox.pool_instances` ({}) must be more than {RESERVED_INSTANCES}: that many slots \
              are kept for loading and swapping modules",
             self.sandbox.pool_instances
         );
-        anyhow::ensure!(
+        ensure!(
             l.max_frame_bytes <= l.max_message_bytes,
             "`limits.max_frame_bytes` ({}) must not exceed `limits.max_message_bytes` ({})",
             l.max_frame_bytes,
             l.max_message_bytes
         );
-        anyhow::ensure!(
+        ensure!(
             l.outbound_queue_bytes >= l.max_message_bytes,
             "`limits.outbound_queue_bytes` ({}) must be at least `limits.max_message_bytes` ({}) \
              so that one largest message fits",
@@ -595,7 +680,7 @@ impl Config {
             l.max_message_bytes
         );
         if l.ping_interval_ms > 0 && l.idle_timeout_ms > 0 {
-            anyhow::ensure!(
+            ensure!(
                 l.idle_timeout_ms > l.ping_interval_ms,
                 "`limits.idle_timeout_ms` ({}) must be longer than `limits.ping_interval_ms` ({}) \
                  so that a live client has time to answer a ping",
@@ -604,17 +689,17 @@ impl Config {
             );
         }
         if let Some(secret) = &self.auth.hs256_secret {
-            anyhow::ensure!(
+            ensure!(
                 secret.len() >= 32,
                 "`auth.hs256_secret` is {} bytes; use at least 32 random bytes",
                 secret.len()
             );
         }
-        anyhow::ensure!(
+        ensure!(
             !self.auth.roles_claim.is_empty(),
             "`auth.roles_claim` must not be empty"
         );
-        anyhow::ensure!(
+        ensure!(
             self.sandbox.state_value_bytes <= self.sandbox.state_total_bytes,
             "`sandbox.state_value_bytes` ({}) must not exceed `sandbox.state_total_bytes` ({})",
             self.sandbox.state_value_bytes,

@@ -12,36 +12,21 @@
 
 #![deny(missing_docs)]
 
-mod admission;
-pub mod auth;
-mod bindings;
 pub mod builder;
 pub mod config;
-mod connection;
-mod deflate;
-mod guest_log;
-mod handshake;
-mod host_api;
-mod instance;
-pub mod module;
-mod opcode;
-mod outbound;
-#[cfg(feature = "bench")]
-pub mod probe;
-mod reader;
 pub mod reload;
-mod route;
-pub mod router;
+mod routing;
 mod runtime;
 mod server;
-mod state;
-mod utf8;
-mod writer;
+mod wire;
 
-pub use config::Config;
-pub use module::LoadError;
+pub use config::{Config, ConfigError};
 pub use reload::ReloadEvent;
-pub use server::{RouteSummary, Server};
+pub use routing::{auth, router};
+pub use runtime::module::{self, LoadError};
+#[cfg(feature = "bench")]
+pub use runtime::probe;
+pub use server::{RouteSummary, ServeError, Server};
 
 /// Connections the kernel may hold completed for the server before it
 /// accepts them (capped by `net.core.somaxconn`). The usual default, 128,
@@ -67,6 +52,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    Server::new(config).await?.serve(listener, shutdown).await
+) -> Result<(), ServeError> {
+    Server::new(config).await?.serve(listener, shutdown).await;
+    Ok(())
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use switchyard::{Config, Server};
+use switchyard::{Config, ConfigError, Server};
 
 #[derive(Parser)]
 #[command(
@@ -67,7 +67,7 @@ struct BuildArgs {
     config: Option<PathBuf>,
 }
 
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
     match path {
         Some(path) => Config::load(path),
         None => {
@@ -125,10 +125,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!(route = %route.name, pattern = %route.pattern, "serving ws://{addr}{}", route.pattern);
     }
     println!("listening on ws://{addr}");
-    server.serve(listener, shutdown_signal()).await
+    server.serve(listener, shutdown_signal()).await;
+    Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; a failure prints its message and causes on one line,
+/// never a backtrace (even with `RUST_BACKTRACE` set): what goes wrong
+/// here is almost always the user's to fix, and a stack says nothing to
+/// them.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("switchyard: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")

@@ -12,7 +12,6 @@
 //! [`ReloadEvent`].
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,10 +22,10 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::module::{self, LoadError, Module};
-use crate::route::RouteHandle;
-use crate::router::RouteTable;
+use crate::routing::route::RouteHandle;
+use crate::routing::router::RouteTable;
 use crate::runtime::Runtime;
+use crate::runtime::module::{self, LoadError, Module, content_hash};
 
 /// Quiet time after the last change to a file before it is applied.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -64,13 +63,6 @@ pub enum ReloadEvent {
         /// Its route name.
         route: String,
     },
-}
-
-/// A hex digest of a module's bytes, for logs and to skip no-op changes.
-pub fn content_hash(bytes: &[u8]) -> String {
-    let mut hasher = DefaultHasher::new();
-    hasher.write(bytes);
-    format!("{:016x}", hasher.finish())
 }
 
 struct Entry {
@@ -269,7 +261,7 @@ pub struct Change {
 /// changes arrive on the receiver.
 pub fn watch_modules(
     dir: &Path,
-) -> anyhow::Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<Change>)> {
+) -> notify::Result<(notify::RecommendedWatcher, mpsc::UnboundedReceiver<Change>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
@@ -391,12 +383,5 @@ mod tests {
         assert!(!is_module(Path::new("/c/.chat.wasm")));
         assert!(!is_module(Path::new("/c/chat.wasm.part")));
         assert!(!is_module(Path::new("/c/Cargo.toml")));
-    }
-
-    #[test]
-    fn hashes_differ_by_content() {
-        assert_eq!(content_hash(b"abc"), content_hash(b"abc"));
-        assert_ne!(content_hash(b"abc"), content_hash(b"abd"));
-        assert_eq!(content_hash(b"").len(), 16);
     }
 }

@@ -6,7 +6,7 @@
 //! starts one shared instance per route and, with hot reload on, watches the
 //! folder (see [`crate::reload`]). [`Server::serve`] accepts TCP
 //! connections until the shutdown future resolves, routes each upgrade
-//! request, and hands accepted sockets to [`crate::connection::run`]. On
+//! request, and hands accepted sockets to [`Connection`]. On
 //! shutdown every connection is closed with 1001, so each controller sees
 //! `on-close`, within `limits.shutdown_timeout_ms`.
 
@@ -16,25 +16,25 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::admission::{Admission, Permit, UpgradePermit};
-use crate::auth::{Authorized, Guard, Principal};
-use crate::config::Config;
-use crate::connection::{self, ConnectionInfo};
-use crate::deflate;
-use crate::handshake::{self, ReadError, Rejection, Request};
-use crate::module::LoadError;
-use crate::reader::Reader;
+use crate::config::{Config, ConfigError};
 use crate::reload::{self, Registry, ReloadEvent, Routes};
-use crate::route::Lease;
-use crate::router::parse_query;
+use crate::routing::admission::{Admission, Permit, UpgradePermit};
+use crate::routing::auth::{Authorized, Guard, Principal};
+use crate::routing::route::Lease;
+use crate::routing::router::parse_query;
 use crate::runtime::Runtime;
+use crate::runtime::module::LoadError;
+use crate::wire::ConnectionInfo;
+use crate::wire::connection::{self, Connection};
+use crate::wire::deflate;
+use crate::wire::handshake::{self, ReadError, Rejection, Request};
+use crate::wire::reader::Reader;
 
 /// A route as the server serves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,14 +63,32 @@ pub struct Server {
     guard: Arc<Guard>,
 }
 
+/// Why a server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration is unusable (a bad value, a key file, the
+    /// controllers folder): the user's to fix.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The controllers folder cannot be watched for hot reload.
+    #[error("cannot watch the controllers folder {} for hot reload: {source}", path.display())]
+    Watch {
+        /// The folder.
+        path: PathBuf,
+        /// What the watcher said.
+        source: notify::Error,
+    },
+    /// The WebAssembly engine cannot start.
+    #[error("cannot start the WebAssembly engine: {0}")]
+    Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// The `*.wasm` files of a folder, sorted by name so that conflicts are
 /// decided the same way on every start.
-fn module_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).with_context(|| {
-        format!(
-            "cannot read the controllers folder {}; create it or pass --controllers DIR",
-            dir.display()
-        )
+fn module_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::ControllersDir {
+        path: dir.to_owned(),
+        source,
     })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -85,7 +103,7 @@ impl Server {
     /// instances. Fails only when the folder cannot be read or the engine
     /// cannot start; bad modules are reported by [`Server::rejected`].
     /// With `config.hot_reload`, the folder is watched from now on.
-    pub async fn new(config: Config) -> anyhow::Result<Server> {
+    pub async fn new(config: Config) -> Result<Server, ServeError> {
         config.validate()?;
         let mut config = config;
         config.controllers = config.controllers_dir()?;
@@ -97,15 +115,15 @@ impl Server {
                  so that other sites cannot open sockets with your users' cookies"
             );
         }
-        let runtime = Runtime::new(config.clone())?;
+        let runtime = Runtime::new(config.clone()).map_err(|err| ServeError::Engine(err.into()))?;
         // Watch before the first scan so no change slips between the two.
         let watcher = if config.hot_reload {
-            Some(reload::watch_modules(&config.controllers).with_context(|| {
-                format!(
-                    "cannot watch the controllers folder {}",
-                    config.controllers.display()
-                )
-            })?)
+            Some(
+                reload::watch_modules(&config.controllers).map_err(|source| ServeError::Watch {
+                    path: config.controllers.clone(),
+                    source,
+                })?,
+            )
         } else {
             None
         };
@@ -168,11 +186,7 @@ impl Server {
     /// Serves clients from `listener` until `shutdown` resolves, then closes
     /// every connection (1001) and returns once they are closed or the
     /// shutdown timeout has passed.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
-    ) -> anyhow::Result<()> {
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let tracker = TaskTracker::new();
         let stopping = connection::Shutdown::default();
         let Server {
@@ -255,7 +269,6 @@ impl Server {
                 "shutdown timeout: dropping remaining connections"
             );
         }
-        Ok(())
     }
 }
 
@@ -388,12 +401,9 @@ impl Accepted {
         let controller = lease.handle.clone();
         // The lease (dropping it may drop the instance) and the permit end
         // with the connection, after its on-close.
-        Some(Box::pin(connection::run(
-            stream,
-            reader,
+        let connection = Connection::new(stream, reader, &info, controller, self.config.clone());
+        Some(Box::pin(connection.run(
             Arc::new(info),
-            controller,
-            self.config.clone(),
             self.stopping.clone(),
             (lease, _permit),
         )))

@@ -60,8 +60,9 @@ fn serve_prints_the_address_and_reports_bad_modules() {
     );
 }
 
-/// Runs `serve` with a config file holding `text`; it must fail. Returns
-/// its stderr.
+/// Runs `serve` with a config file holding `text`; it must fail with one
+/// message and no backtrace, even with `RUST_BACKTRACE` set. Returns its
+/// stderr.
 fn serve_fails_with_config(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("switchyard.toml");
@@ -69,10 +70,15 @@ fn serve_fails_with_config(text: &str) -> String {
     let output = switchyard()
         .args(["serve", "--config"])
         .arg(&config)
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     assert!(!output.status.success());
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(stderr.starts_with("switchyard: "), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+    assert_eq!(stderr.matches("switchyard: ").count(), 1, "{stderr}");
+    stderr
 }
 
 #[test]

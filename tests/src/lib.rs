@@ -136,7 +136,8 @@ impl TestServer {
                         .serve(listener, async {
                             let _ = stop.await;
                         })
-                        .await
+                        .await;
+                    anyhow::Ok(())
                 })
             })
             .unwrap();

@@ -731,7 +731,8 @@ fn child(child: Child) -> anyhow::Result<()> {
                     anyhow::bail!("{err}");
                 }
                 println!("listening on {addr}");
-                server.serve(listener, std::future::pending()).await
+                server.serve(listener, std::future::pending()).await;
+                Ok(())
             }
         }
     })

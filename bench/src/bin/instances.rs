@@ -84,7 +84,7 @@ async fn echo_rate(dir: &Path, mut config: Config, payload: &'static str) -> any
     }
     let rate = total as f64 / start.elapsed().as_secs_f64();
     let _ = stop.send(());
-    serving.await??;
+    serving.await?;
     Ok(rate)
 }
 

@@ -153,37 +153,40 @@ fn expand(
 
         #assert_impls
 
+        // Every name the block uses is absolute or starts with `__switchyard`:
+        // an import here would shadow a user type of the same name (a
+        // controller called `Connection` or `Message`).
         #[doc(hidden)]
         const _: () = {
-            use ::switchyard_sdk::{CloseInfo, Connection, Controller, ErrorInfo, Message, RouteInfo};
-
             ::std::thread_local! {
                 // The component's one value of the controller, created on
                 // first use. Components are single-threaded and the host
                 // never re-enters an export, so the borrow is never shared.
-                static INSTANCE: ::core::cell::RefCell<::core::option::Option<#ty>> =
+                static __SWITCHYARD_INSTANCE: ::core::cell::RefCell<::core::option::Option<#ty>> =
                     const { ::core::cell::RefCell::new(::core::option::Option::None) };
             }
 
-            fn with_instance<R>(f: impl ::core::ops::FnOnce(&mut #ty) -> R) -> R {
-                INSTANCE.with(|cell| {
+            fn __switchyard_with_instance<R>(f: impl ::core::ops::FnOnce(&mut #ty) -> R) -> R {
+                __SWITCHYARD_INSTANCE.with(|cell| {
                     let mut slot = cell.borrow_mut();
                     f(slot.get_or_insert_with(::core::default::Default::default))
                 })
             }
 
-            fn with_connection<R>(
+            fn __switchyard_with_connection<R>(
                 id: u64,
-                f: impl ::core::ops::FnOnce(&mut #ty, &Connection) -> R,
+                f: impl ::core::ops::FnOnce(&mut #ty, &::switchyard_sdk::Connection) -> R,
             ) -> R {
-                ::switchyard_sdk::__private::with_connection(id, |conn| with_instance(|c| f(c, conn)))
+                ::switchyard_sdk::__private::with_connection(id, |conn| {
+                    __switchyard_with_instance(|c| f(c, conn))
+                })
             }
 
-            struct SwitchyardExport;
+            struct __SwitchyardExport;
 
-            impl ::switchyard_sdk::__private::Guest for SwitchyardExport {
-                fn describe() -> RouteInfo {
-                    RouteInfo {
+            impl ::switchyard_sdk::__private::Guest for __SwitchyardExport {
+                fn describe() -> ::switchyard_sdk::RouteInfo {
+                    ::switchyard_sdk::RouteInfo {
                         route: ::std::string::String::from(#route),
                         name: ::std::string::String::from(#name),
                         is_granted: ::std::vec![#(::std::string::String::from(#is_granted)),*],
@@ -191,28 +194,44 @@ fn expand(
                     }
                 }
 
-                fn on_open(conn: Connection) -> ::core::option::Option<Message> {
-                    let reply = with_instance(|c| <#ty as Controller>::on_open(c, &conn));
+                fn on_open(
+                    conn: ::switchyard_sdk::Connection,
+                ) -> ::core::option::Option<::switchyard_sdk::Message> {
+                    let reply = __switchyard_with_instance(|c| {
+                        <#ty as ::switchyard_sdk::Controller>::on_open(c, &conn)
+                    });
                     ::switchyard_sdk::__private::keep_connection(conn);
                     reply
                 }
 
-                fn on_message(conn: u64, msg: Message) -> ::core::option::Option<Message> {
-                    with_connection(conn, |c, conn| <#ty as Controller>::on_message(c, conn, msg))
+                fn on_message(
+                    conn: u64,
+                    msg: ::switchyard_sdk::Message,
+                ) -> ::core::option::Option<::switchyard_sdk::Message> {
+                    __switchyard_with_connection(conn, |c, conn| {
+                        <#ty as ::switchyard_sdk::Controller>::on_message(c, conn, msg)
+                    })
                 }
 
-                fn on_close(conn: u64, info: CloseInfo) {
-                    with_connection(conn, |c, conn| <#ty as Controller>::on_close(c, conn, info));
+                fn on_close(conn: u64, info: ::switchyard_sdk::CloseInfo) {
+                    __switchyard_with_connection(conn, |c, conn| {
+                        <#ty as ::switchyard_sdk::Controller>::on_close(c, conn, info)
+                    });
                     ::switchyard_sdk::__private::forget_connection(conn);
                 }
 
-                fn on_error(conn: u64, err: ErrorInfo) -> ::core::option::Option<Message> {
-                    with_connection(conn, |c, conn| <#ty as Controller>::on_error(c, conn, err))
+                fn on_error(
+                    conn: u64,
+                    err: ::switchyard_sdk::ErrorInfo,
+                ) -> ::core::option::Option<::switchyard_sdk::Message> {
+                    __switchyard_with_connection(conn, |c, conn| {
+                        <#ty as ::switchyard_sdk::Controller>::on_error(c, conn, err)
+                    })
                 }
             }
 
             ::switchyard_sdk::__private::export!(
-                SwitchyardExport with_types_in ::switchyard_sdk::bindings
+                __SwitchyardExport with_types_in ::switchyard_sdk::bindings
             );
         };
     })

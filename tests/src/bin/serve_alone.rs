@@ -27,5 +27,6 @@ async fn main() -> anyhow::Result<()> {
         let mut sink = Vec::new();
         let _ = tokio::io::stdin().read_to_end(&mut sink).await;
     };
-    switchyard::serve(listener, config, stdin_closed).await
+    switchyard::serve(listener, config, stdin_closed).await?;
+    Ok(())
 }

@@ -21,53 +21,26 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{debug, error, info, warn};
 use wasmtime::Store;
 
-use crate::bindings::{CloseInfo, Connection, Controller, ErrorInfo, Message, OnMessage};
 use crate::config::InstanceMode;
-use crate::connection::ConnectionInfo;
-use crate::host_api::{HostOwned, HostState};
-use crate::module::Module;
-use crate::outbound::ConnHandle;
+use crate::runtime::bindings::{CloseInfo, Connection, Controller, ErrorInfo, Message, OnMessage};
+use crate::runtime::host_api::{HostOwned, HostState};
+use crate::runtime::module::Module;
 use crate::runtime::{InstanceSlot, Runtime};
+use crate::wire::outbound::ConnHandle;
+use crate::wire::{Event, EventSink};
 
-/// Something that happened on a connection, for its controller.
-pub enum Event {
-    /// A client connected; its handle joins the connection table.
-    Open {
-        /// What the upgrade request said.
-        info: Arc<ConnectionInfo>,
-        /// Where to queue frames for it.
-        handle: Arc<ConnHandle>,
-    },
-    /// A complete text or binary message arrived.
-    Message {
-        /// The connection.
-        id: u64,
-        /// The frame, text or binary.
-        msg: WsMessage,
-    },
-    /// The host detected a client error and will close with `code`.
-    Error {
-        /// The connection.
-        id: u64,
-        /// The close code that will be sent.
-        code: u16,
-        /// What went wrong.
-        message: String,
-    },
-    /// The connection ended. Always the last event of a connection.
-    Close {
-        /// The connection.
-        id: u64,
-        /// The close code (1006 when the socket dropped).
-        code: u16,
-        /// The close reason.
-        reason: String,
-    },
+impl EventSink for Arc<ControllerInstance> {
+    fn submit<'a>(
+        &'a self,
+        event: Event,
+        conn: &'a Arc<ConnHandle>,
+    ) -> Option<impl Future<Output = ()> + Send + 'a> {
+        ControllerInstance::submit(self, event, conn)
+    }
 }
 
 /// One controller instance. Its store is created on first use (or at once,

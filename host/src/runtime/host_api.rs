@@ -14,16 +14,16 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::switchyard::controller::types::{HostError, LogLevel};
-use crate::bindings::switchyard::controller::{host, types};
-use crate::bindings::{Connection, Message};
-use crate::connection::ConnectionInfo;
-use crate::deflate;
-use crate::opcode::close_code_valid;
-use crate::outbound::{ConnHandle, PushError};
-use crate::route::{MAX_GROUP_NAME, RouteShared};
-use crate::state::{KvStore, SharedKv};
-use crate::writer::Frame;
+use crate::runtime::bindings::switchyard::controller::types::{HostError, LogLevel};
+use crate::runtime::bindings::switchyard::controller::{host, types};
+use crate::runtime::bindings::{Connection, Message};
+use crate::runtime::kv::{KvStore, SharedKv};
+use crate::runtime::shared::{MAX_GROUP_NAME, RouteShared};
+use crate::wire::ConnectionInfo;
+use crate::wire::deflate;
+use crate::wire::frame::Frame;
+use crate::wire::opcode::close_code_valid;
+use crate::wire::outbound::{ConnHandle, PushError};
 
 /// Open connections of one controller instance, by id. Ids grow with time,
 /// so iteration order is connection order.
@@ -134,8 +134,14 @@ impl HostState {
     pub fn new(route: Arc<str>, owned: HostOwned, sizes: GuestSizes, limits: StoreLimits) -> Self {
         // No preopened directories, no network, no environment, no args.
         let wasi = WasiCtx::builder()
-            .stdout(crate::guest_log::GuestOutput::new(route.clone(), "stdout"))
-            .stderr(crate::guest_log::GuestOutput::new(route.clone(), "stderr"))
+            .stdout(crate::runtime::guest_log::GuestOutput::new(
+                route.clone(),
+                "stdout",
+            ))
+            .stderr(crate::runtime::guest_log::GuestOutput::new(
+                route.clone(),
+                "stderr",
+            ))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)

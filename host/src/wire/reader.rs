@@ -35,9 +35,9 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data};
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
-use crate::deflate::{self, Deflate, InflateError};
-use crate::opcode;
-use crate::utf8::Utf8Check;
+use crate::wire::deflate::{self, Deflate, InflateError};
+use crate::wire::opcode;
+use crate::wire::utf8::Utf8Check;
 
 thread_local! {
     /// One per thread, so a connection keeps no read buffer between reads.

@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
-use crate::handshake::Rejection;
+use crate::wire::handshake::Rejection;
 
 /// Live connection counts, checked against the configured limits.
 pub struct Admission {

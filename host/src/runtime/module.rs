@@ -7,16 +7,17 @@
 //! naming the file and what to do; the server keeps serving its other
 //! controllers.
 
+use std::hash::{DefaultHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use wasmtime::component::Component;
 
-use crate::bindings::ControllerPre;
 use crate::config::InstanceMode;
-use crate::host_api::HostState;
-use crate::router::{PatternError, RoutePattern};
 use crate::runtime::Runtime;
+use crate::runtime::bindings::ControllerPre;
+use crate::runtime::host_api::HostState;
+use switchyard_grammar::{PatternError, RoutePattern};
 
 /// Why a module was not loaded.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +148,13 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// A hex digest of a module's bytes, for logs and to skip no-op changes.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(bytes);
+    format!("{:016x}", hasher.finish())
+}
+
 /// Loads and checks the module at `path`; returns it with the hash of the
 /// bytes it was built from.
 pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<(Module, String), LoadError> {
@@ -155,7 +163,7 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<(Module, String
         file: file.clone(),
         reason: err.to_string(),
     })?;
-    let hash = crate::reload::content_hash(&bytes);
+    let hash = content_hash(&bytes);
     let engine = runtime.engine().clone();
     let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
         .await
@@ -267,7 +275,7 @@ pub async fn time_instantiation(
 /// Runs `count` `on-message` events carrying a binary message of
 /// `payload` bytes through one instance of the module at `path`, exactly as
 /// a connection's task runs its own event when the instance is free (see
-/// [`crate::probe`]), with no socket, and returns the wall time.
+/// [`crate::runtime::probe`]), with no socket, and returns the wall time.
 /// For the benchmarks: it is what the WebAssembly layer adds to every
 /// message, the part a hand-written server does not pay.
 #[cfg(feature = "bench")]
@@ -279,7 +287,7 @@ pub async fn time_events(
 ) -> anyhow::Result<std::time::Duration> {
     use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage};
 
-    let probe = crate::probe::Probe::load(config, path).await?;
+    let probe = crate::runtime::probe::Probe::load(config, path).await?;
     let mut conn = probe.open().await;
     let payload = Bytes::from(vec![b'x'; payload]);
     let mut replies = 0;
@@ -299,7 +307,14 @@ pub async fn time_events(
 
 #[cfg(test)]
 mod tests {
-    use super::valid_name;
+    use super::{content_hash, valid_name};
+
+    #[test]
+    fn hashes_differ_by_content() {
+        assert_eq!(content_hash(b"abc"), content_hash(b"abc"));
+        assert_ne!(content_hash(b"abc"), content_hash(b"abd"));
+        assert_eq!(content_hash(b"").len(), 16);
+    }
 
     #[test]
     fn route_names() {

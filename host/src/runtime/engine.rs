@@ -20,11 +20,11 @@ use wasmtime::{
     UpdateDeadline,
 };
 
-use crate::bindings::Controller;
 use crate::config::Config;
-use crate::host_api::{GuestSizes, HostOwned, HostState};
-use crate::route::RouteShared;
-use crate::state::{KvStore, SharedKv};
+use crate::runtime::bindings::Controller;
+use crate::runtime::host_api::{GuestSizes, HostOwned, HostState};
+use crate::runtime::kv::{KvStore, SharedKv};
+use crate::runtime::shared::RouteShared;
 
 /// Time between two epoch ticks: the granularity of the CPU budget.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);

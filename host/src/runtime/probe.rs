@@ -17,11 +17,14 @@ use std::task::Poll;
 
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::connection::{CLOSE_ABNORMAL, ConnectionInfo};
-use crate::instance::{ControllerInstance, Event};
-use crate::outbound::ConnHandle;
 use crate::runtime::Runtime;
-use crate::writer::{Frame, WRITE_BATCH};
+use crate::runtime::instance::ControllerInstance;
+use crate::wire::CLOSE_ABNORMAL;
+use crate::wire::ConnectionInfo;
+use crate::wire::Event;
+use crate::wire::frame::Frame;
+use crate::wire::outbound::ConnHandle;
+use crate::wire::writer::WRITE_BATCH;
 
 /// One shared instance of a controller module, with connections of its own.
 pub struct Probe {
@@ -37,7 +40,7 @@ impl Probe {
     pub async fn load(config: crate::Config, path: &Path) -> anyhow::Result<Probe> {
         let config = Arc::new(config);
         let runtime = Runtime::new(config.clone())?;
-        let (module, _) = crate::module::load(&runtime, path).await?;
+        let (module, _) = crate::runtime::module::load(&runtime, path).await?;
         let route = module.name.clone();
         let instance = ControllerInstance::new(
             runtime.clone(),

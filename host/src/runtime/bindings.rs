@@ -1,15 +1,15 @@
 //! The generated bindings of `wit/switchyard.wit`, kept private to the crate.
 //!
-//! Only [`crate::host_api`] and [`crate::instance`] use these types; they
+//! Only [`crate::runtime::host_api`] and [`crate::runtime::instance`] use these types; they
 //! convert to and from the host's own types (tungstenite frames,
-//! [`crate::connection::ConnectionInfo`]) at the boundary, here.
+//! [`crate::wire::ConnectionInfo`]) at the boundary, here.
 
 use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage, Utf8Bytes};
 
 use wasmtime::component::{ComponentType, Func, Lower, TypedFunc};
 use wasmtime::{AsContext, AsContextMut};
 
-use crate::writer::Frame;
+use crate::wire::frame::Frame;
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -92,8 +92,8 @@ impl OnMessage {
     }
 }
 
-impl From<&crate::connection::ConnectionInfo> for Connection {
-    fn from(info: &crate::connection::ConnectionInfo) -> Self {
+impl From<&crate::wire::ConnectionInfo> for Connection {
+    fn from(info: &crate::wire::ConnectionInfo) -> Self {
         Connection {
             id: info.id,
             route: info.route.to_string(),

@@ -24,8 +24,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::Value;
 
-use crate::config::{self, Config};
-use crate::handshake::{Rejection, Request};
+use crate::config::{self, Config, ConfigError};
+use crate::wire::handshake::{Rejection, Request};
 
 /// The query parameter a browser client puts its token in.
 pub const QUERY_PARAM: &str = "access_token";
@@ -126,25 +126,31 @@ pub struct Guard {
 }
 
 /// The HS256 secret from the file or from the environment variable it names.
-fn hs256_secret(auth: &config::Auth) -> anyhow::Result<Option<String>> {
+fn hs256_secret(auth: &config::Auth) -> Result<Option<String>, ConfigError> {
     if let Some(var) = &auth.hs256_secret_env {
-        let secret = std::env::var(var).with_context(|| {
-            format!(
+        let secret = std::env::var(var).map_err(|_| {
+            ConfigError::invalid(format!(
                 "`auth.hs256_secret_env` names the environment variable {var}, which is not set"
-            )
+            ))
         })?;
-        anyhow::ensure!(
-            secret.len() >= 32,
-            "the HS256 secret in {var} is {} bytes; use at least 32 random bytes",
-            secret.len()
-        );
+        if secret.len() < 32 {
+            return Err(ConfigError::invalid(format!(
+                "the HS256 secret in {var} is {} bytes; use at least 32 random bytes",
+                secret.len()
+            )));
+        }
         return Ok(Some(secret));
     }
     Ok(auth.hs256_secret.clone())
 }
 
-fn read_pem(file: &std::path::Path, key: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(file).with_context(|| format!("`auth.{key}`: cannot read {}", file.display()))
+fn read_pem(file: &std::path::Path, key: &str) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(file).map_err(|err| {
+        ConfigError::invalid(format!(
+            "`auth.{key}`: cannot read {}: {err}",
+            file.display()
+        ))
+    })
 }
 
 /// Every role reachable from each role of the hierarchy, cycles included.
@@ -170,7 +176,7 @@ fn expand_hierarchy(
 
 impl Guard {
     /// Reads the keys named by `config.auth` and prepares the checks.
-    pub fn new(config: &Config) -> anyhow::Result<Guard> {
+    pub fn new(config: &Config) -> Result<Guard, ConfigError> {
         let auth = &config.auth;
         let mut keys = Vec::new();
         if let Some(secret) = hs256_secret(auth)? {
@@ -199,10 +205,10 @@ impl Guard {
         for (file, setting, algorithm, parse, kind) in public_keys {
             let Some(file) = file else { continue };
             let key = parse(&read_pem(file, setting)?).map_err(|err| {
-                anyhow::anyhow!(
+                ConfigError::invalid(format!(
                     "`auth.{setting}`: {} is not {kind} public key in PEM: {err}",
                     file.display()
-                )
+                ))
             })?;
             keys.push((algorithm, key));
         }

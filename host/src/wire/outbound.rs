@@ -28,8 +28,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::warn;
 
-use crate::deflate::{self, Deflate};
-use crate::writer::Frame;
+use crate::wire::deflate::{self, Deflate};
+use crate::wire::frame::Frame;
 
 /// Why a frame could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

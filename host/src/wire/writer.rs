@@ -1,10 +1,7 @@
 //! The write side of a connection: frames encoded once, written in batches
 //! straight to the socket.
 //!
-//! A [`Frame`] is a data or ping frame as it goes on the wire. A server's
-//! frames are never masked, so its bytes are the same for every recipient:
-//! a broadcast encodes its header once and shares its payload (`Bytes`)
-//! with every connection's queue. The [`Writer`] takes queued frames from a
+//! The [`Writer`] takes queued frames from a
 //! connection's [`ConnHandle`] and writes up to [`WRITE_BATCH`] of them with
 //! one system call: small frames are copied one after the other into a
 //! buffer of the worker thread's (so a batch of chat lines leaves as one
@@ -26,12 +23,11 @@ use socket2::SockRef;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tracing::debug;
 
-use crate::deflate::{self, Deflate};
-use crate::opcode;
-use crate::outbound::ConnHandle;
+use crate::wire::deflate::{self, Deflate};
+use crate::wire::frame::Frame;
+use crate::wire::outbound::ConnHandle;
 
 /// Frames taken off the queue per batch at most; between two batches the
 /// connection's task may read. A batch of small frames leaves with one
@@ -39,121 +35,6 @@ use crate::outbound::ConnHandle;
 /// With 64, a broadcast left in smaller sends and cost the client more
 /// `recv`s per delivery (BENCHMARKS.md, session 8).
 pub const WRITE_BATCH: usize = 512;
-
-/// The longest frame header: 2 bytes and a 64-bit length, no mask.
-const MAX_SERVER_FRAME_HEADER: usize = 10;
-
-/// One unfragmented frame, encoded: its header and its payload. Cloning it
-/// copies the header and shares the payload.
-#[derive(Clone)]
-pub struct Frame {
-    head: [u8; MAX_SERVER_FRAME_HEADER],
-    head_len: u8,
-    payload: Bytes,
-}
-
-/// RSV1: the message is compressed (permessage-deflate).
-const RSV1: u8 = 0x40;
-
-impl Frame {
-    fn new(op: u8, payload: Bytes) -> Frame {
-        Frame::with_first_byte(0x80 | op, payload)
-    }
-
-    /// A frame whose first byte is `first` (FIN: every message is one
-    /// frame; the opcode; RSV1 when compressed).
-    fn with_first_byte(first: u8, payload: Bytes) -> Frame {
-        let mut head = [0; MAX_SERVER_FRAME_HEADER];
-        head[0] = first;
-        let len = payload.len();
-        let head_len = if len < 126 {
-            head[1] = len as u8;
-            2
-        } else if let Ok(len) = u16::try_from(len) {
-            head[1] = 126;
-            head[2..4].copy_from_slice(&len.to_be_bytes());
-            4
-        } else {
-            head[1] = 127;
-            head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
-            10
-        };
-        Frame {
-            head,
-            head_len,
-            payload,
-        }
-    }
-
-    /// A text frame.
-    pub fn text(text: Utf8Bytes) -> Frame {
-        Frame::new(opcode::TEXT, Bytes::from(text))
-    }
-
-    /// A binary frame.
-    pub fn binary(bytes: Bytes) -> Frame {
-        Frame::new(opcode::BINARY, bytes)
-    }
-
-    /// An empty ping.
-    pub fn ping() -> Frame {
-        Frame::new(opcode::PING, Bytes::new())
-    }
-
-    /// The answer to a ping with `payload`.
-    pub fn pong(payload: Bytes) -> Frame {
-        Frame::new(opcode::PONG, payload)
-    }
-
-    /// A close frame: its code and reason, or nothing (no status).
-    fn close(close: Option<&CloseFrame>) -> Frame {
-        let payload = close.map_or_else(Bytes::new, |close| {
-            let mut payload = Vec::with_capacity(2 + close.reason.len());
-            payload.extend_from_slice(&u16::from(close.code).to_be_bytes());
-            payload.extend_from_slice(close.reason.as_bytes());
-            Bytes::from(payload)
-        });
-        Frame::new(opcode::CLOSE, payload)
-    }
-
-    /// The message a data frame carries; `None` for a control frame.
-    pub fn into_message(self) -> Option<Message> {
-        match self.head[0] & 0x0f {
-            opcode::TEXT => Utf8Bytes::try_from(self.payload).ok().map(Message::Text),
-            opcode::BINARY => Some(Message::Binary(self.payload)),
-            _ => None,
-        }
-    }
-
-    /// The payload's size in bytes (what the outbound limits count).
-    pub fn len(&self) -> usize {
-        self.payload.len()
-    }
-
-    /// The payload as it goes on the wire.
-    pub fn payload(&self) -> &[u8] {
-        &self.payload
-    }
-
-    /// The same data message with `deflated`, its payload compressed, in
-    /// its place (RSV1 set).
-    pub fn compressed(&self, deflated: Bytes) -> Frame {
-        Frame::with_first_byte(self.head[0] | RSV1, deflated)
-    }
-
-    /// A text or binary frame not compressed yet.
-    fn is_plain_data(&self) -> bool {
-        self.head[0] & RSV1 == 0 && matches!(self.head[0] & 0x0f, opcode::TEXT | opcode::BINARY)
-    }
-
-    fn head(&self) -> &[u8] {
-        &self.head[..usize::from(self.head_len)]
-    }
-
-    fn wire_len(&self) -> usize {
-        usize::from(self.head_len) + self.payload.len()
-    }
-}
 
 /// Frames taken from the queue and not yet completely written.
 #[derive(Default)]
@@ -289,8 +170,9 @@ impl Stage {
                 self.bytes.extend_from_slice(head_left);
             }
             let payload_skip = skip.saturating_sub(head.len());
-            if frame.payload.len() <= COPY_BYTES {
-                self.bytes.extend_from_slice(&frame.payload[payload_skip..]);
+            if frame.len() <= COPY_BYTES {
+                self.bytes
+                    .extend_from_slice(&frame.payload()[payload_skip..]);
                 continue;
             }
             if self.bytes.len() > run_start {
@@ -308,7 +190,7 @@ impl Stage {
     fn slice<'a>(&'a self, piece: Piece, frames: &'a [Frame]) -> &'a [u8] {
         match piece {
             Piece::Staged(start, end) => &self.bytes[start..end],
-            Piece::Payload(frame, skip) => &frames[frame].payload[skip..],
+            Piece::Payload(frame, skip) => &frames[frame].payload()[skip..],
         }
     }
 
@@ -378,9 +260,6 @@ enum WriteState {
 pub struct Writer {
     state: WriteState,
     batch: Batch,
-    /// Our close frame, or our answer to the peer's, has been queued: no
-    /// other close frame may follow.
-    close_sent: bool,
     /// permessage-deflate, when agreed: data frames are compressed as they
     /// are taken from the queue (a broadcast's arrive compressed already).
     deflate: Option<Deflate>,
@@ -393,7 +272,6 @@ impl Writer {
         Writer {
             state: WriteState::Open,
             batch: Batch::default(),
-            close_sent: false,
             deflate,
             compressor: deflate::Own::default(),
         }
@@ -408,7 +286,7 @@ impl Writer {
         };
         for frame in &mut self.batch.frames[start..] {
             if frame.is_plain_data() && frame.len() >= agreed.min_bytes {
-                let deflated = deflate::compress(agreed, &mut self.compressor, &frame.payload);
+                let deflated = deflate::compress(agreed, &mut self.compressor, frame.payload());
                 *frame = frame.compressed(deflated);
             }
         }
@@ -419,17 +297,17 @@ impl Writer {
         matches!(self.state, WriteState::Done) && self.batch.is_empty()
     }
 
-    /// Whether a close frame of ours (or our answer to the peer's) is on
-    /// its way or sent.
-    pub fn close_sent(&self) -> bool {
-        self.close_sent
+    /// Whether a close frame (ours, or our answer to the peer's) has left
+    /// the queue for the socket, or the write side has ended: no other
+    /// close frame can follow.
+    pub fn close_taken(&self) -> bool {
+        matches!(self.state, WriteState::Last(_) | WriteState::Done)
     }
 
     /// The peer closed: drop what has not started, answer with the same
     /// close frame (after a frame half-written, if any), and end.
     pub fn answer_close(&mut self, close: Option<&CloseFrame>) {
         self.batch.drop_unstarted();
-        self.close_sent = true;
         self.batch.frames.push(Frame::close(close));
         self.state = WriteState::Last(Some(WriterExit::Answered));
     }
@@ -497,7 +375,6 @@ impl Writer {
                 }
                 WriteState::Close { frame, killed } => {
                     self.batch.frames.push(Frame::close(Some(frame)));
-                    self.close_sent = true;
                     let exit = if *killed {
                         WriterExit::Killed(frame.clone())
                     } else {
@@ -523,9 +400,10 @@ mod tests {
     use super::*;
     use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+    use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
 
     fn wire(frame: &Frame) -> Vec<u8> {
-        [frame.head(), &frame.payload[..]].concat()
+        [frame.head(), frame.payload()].concat()
     }
 
     fn tungstenite_wire(payload: &[u8], opcode: OpCode) -> Vec<u8> {

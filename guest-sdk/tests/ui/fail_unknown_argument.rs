@@ -1,0 +1,9 @@
+use switchyard_sdk::{Controller, socket_route};
+
+#[socket_route(route = "/chat", path = "/chat")]
+#[derive(Default)]
+struct Chat;
+
+impl Controller for Chat {}
+
+fn main() {}

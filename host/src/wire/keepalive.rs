@@ -1,0 +1,127 @@
+//! Server pings and the idle timeout of one connection.
+//!
+//! Every frame received counts as a sign of life; one timer per connection
+//! checks, a few times per interval, whether a ping or the idle close is
+//! due.
+
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::Limits;
+
+/// The keepalive timer of one connection.
+pub struct Keepalive {
+    ping: Option<Duration>,
+    idle: Option<Duration>,
+    check: tokio::time::Interval,
+    last_received: Instant,
+    last_ping: Instant,
+}
+
+/// What a keepalive check found due.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Time to ping the quiet peer.
+    Ping,
+    /// The peer has been quiet for the idle timeout.
+    IdleClose,
+}
+
+impl Keepalive {
+    pub fn new(limits: &Limits) -> Keepalive {
+        let (ping, idle) = (limits.ping_interval(), limits.idle_timeout());
+        // Checks at half the shorter period: a ping goes out at most half an
+        // interval late, an idle client is closed at most that much late.
+        let period = match (ping, idle) {
+            (Some(p), Some(i)) => p.min(i) / 2,
+            (Some(d), None) | (None, Some(d)) => d / 2,
+            (None, None) => Duration::from_secs(3600),
+        }
+        .max(Duration::from_millis(1));
+        let now = Instant::now();
+        let mut check = tokio::time::interval_at(now + period, period);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Keepalive {
+            ping,
+            idle,
+            check,
+            last_received: now,
+            last_ping: now,
+        }
+    }
+
+    /// Whether pings or the idle timeout are configured at all.
+    pub fn is_on(&self) -> bool {
+        self.ping.is_some() || self.idle.is_some()
+    }
+
+    /// Something arrived from the peer (or the peer is not to blame for
+    /// the quiet).
+    pub fn received(&mut self) {
+        self.last_received = Instant::now();
+    }
+
+    /// Ready at the next check at which something is due.
+    pub fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
+        loop {
+            let now = std::task::ready!(self.check.poll_tick(cx));
+            let quiet = now.saturating_duration_since(self.last_received);
+            if self.idle.is_some_and(|idle| quiet >= idle) {
+                return Poll::Ready(Due::IdleClose);
+            }
+            if let Some(ping) = self.ping
+                && quiet >= ping
+                && now.saturating_duration_since(self.last_ping) >= ping
+            {
+                self.last_ping = now;
+                return Poll::Ready(Due::Ping);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(ping_ms: u64, idle_ms: u64) -> Limits {
+        Limits {
+            ping_interval_ms: ping_ms,
+            idle_timeout_ms: idle_ms,
+            ..Limits::default()
+        }
+    }
+
+    async fn next_due(keepalive: &mut Keepalive) -> Due {
+        std::future::poll_fn(|cx| keepalive.poll_due(cx)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_peer_is_pinged_then_closed() {
+        let start = Instant::now();
+        let mut keepalive = Keepalive::new(&limits(1_000, 3_000));
+        assert_eq!(next_due(&mut keepalive).await, Due::Ping);
+        let first_ping = start.elapsed();
+        assert!(first_ping >= Duration::from_millis(1_000), "{first_ping:?}");
+        assert!(first_ping <= Duration::from_millis(1_500), "{first_ping:?}");
+        assert_eq!(next_due(&mut keepalive).await, Due::Ping);
+        assert_eq!(next_due(&mut keepalive).await, Due::IdleClose);
+        let closed = start.elapsed();
+        assert!(closed >= Duration::from_millis(3_000), "{closed:?}");
+        assert!(closed <= Duration::from_millis(3_500), "{closed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_arrives_puts_off_the_ping_and_the_idle_close() {
+        let start = Instant::now();
+        let mut keepalive = Keepalive::new(&limits(0, 2_000));
+        assert!(keepalive.is_on());
+        tokio::time::sleep(Duration::from_millis(1_900)).await;
+        keepalive.received();
+        assert_eq!(next_due(&mut keepalive).await, Due::IdleClose);
+        assert!(start.elapsed() >= Duration::from_millis(3_900));
+        assert!(!Keepalive::new(&limits(0, 0)).is_on());
+    }
+}
