@@ -166,6 +166,33 @@ pub struct Config {
     /// Settings for single routes, by route name (`[routes.chat]`); they
     /// override what the controller declares and the global limits.
     pub routes: BTreeMap<String, RouteConfig>,
+    /// Where compiled modules are kept between starts (relative to the
+    /// config file); empty turns the cache off.
+    pub module_cache: PathBuf,
+    /// The admin listener (metrics and health checks).
+    pub admin: Admin,
+    /// How log lines look.
+    pub log_format: LogFormat,
+}
+
+/// The admin listener: Prometheus metrics at `/metrics`, `/healthz` and
+/// `/readyz`, on an address of its own, never on the public port.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Where to listen, e.g. `127.0.0.1:9090`; off when unset.
+    pub listen: Option<SocketAddr>,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// permessage-deflate (RFC 7692): negotiated with each client that offers
@@ -345,6 +372,9 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             compression: Compression::default(),
             routes: BTreeMap::new(),
+            module_cache: PathBuf::from(".switchyard/modules"),
+            admin: Admin::default(),
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -603,11 +633,19 @@ impl Config {
             }
         };
         resolve(&mut config.controllers);
+        if config.module_cache().is_some() {
+            resolve(&mut config.module_cache);
+        }
         let auth = &mut config.auth;
         for key in [&mut auth.rs256_public_key, &mut auth.es256_public_key] {
             key.iter_mut().for_each(resolve);
         }
         Ok(config)
+    }
+
+    /// Where compiled modules are cached, unless the cache is off.
+    pub fn module_cache(&self) -> Option<&Path> {
+        (!self.module_cache.as_os_str().is_empty()).then_some(self.module_cache.as_path())
     }
 
     /// The controllers folder in its one canonical form (absolute, links
@@ -732,6 +770,24 @@ mod tests {
             config.limits.close_linger_bytes,
             Limits::default().close_linger_bytes
         );
+        assert_eq!(config.module_cache, Config::default().module_cache);
+        assert_eq!(config.admin, Admin::default());
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn admin_log_format_and_cache_keys() {
+        let config = Config::from_toml(
+            "log_format = \"json\"\nmodule_cache = \"\"\n[admin]\nlisten = \"127.0.0.1:9090\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.module_cache(), None);
+        assert_eq!(config.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
+        let err = Config::from_toml("log_format = \"yaml\"\n").unwrap_err();
+        assert!(err.to_string().contains("log_format"), "{err}");
+        let err = Config::from_toml("[admin]\nport = 9090\n").unwrap_err();
+        assert!(err.to_string().contains("port"), "{err}");
     }
 
     #[test]
@@ -907,6 +963,7 @@ idle_timeout_ms = 500
         std::fs::write(&path, "controllers = \"mods\"\n").unwrap();
         let config = Config::load(&path).unwrap();
         assert_eq!(config.controllers, dir.path().join("mods"));
+        assert_eq!(config.module_cache, dir.path().join(".switchyard/modules"));
         let err = Config::load(&dir.path().join("missing.toml")).unwrap_err();
         assert!(err.to_string().contains("missing.toml"), "{err}");
     }

@@ -12,8 +12,10 @@
 
 #![deny(missing_docs)]
 
+mod admin;
 pub mod builder;
 pub mod config;
+mod metrics;
 pub mod reload;
 mod routing;
 mod runtime;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use switchyard::config::LogFormat;
 use switchyard::{Config, ConfigError, Server};
 
 #[derive(Parser)]
@@ -55,6 +56,13 @@ struct ServeArgs {
     /// Config file (default: ./switchyard.toml when it exists).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// How log lines look (default: the config's `log_format`, else text).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Where the admin listener (metrics, health) listens, e.g.
+    /// 127.0.0.1:9090 (default: the config's `[admin] listen`, else off).
+    #[arg(long)]
+    admin_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -88,6 +96,12 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(dir) = &args.controllers {
         config.controllers = dir.clone();
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    if let Some(addr) = args.admin_listen {
+        config.admin.listen = Some(addr);
     }
     config.controllers = config.controllers_dir()?;
     Ok(config)
@@ -124,6 +138,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for route in server.routes() {
         tracing::info!(route = %route.name, pattern = %route.pattern, "serving ws://{addr}{}", route.pattern);
     }
+    if let Some(admin) = server.admin_addr() {
+        tracing::info!("admin: http://{admin}/metrics, /healthz, /readyz");
+    }
     println!("listening on ws://{addr}");
     server.serve(listener, shutdown_signal()).await;
     Ok(())
@@ -143,19 +160,38 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Logs to stderr, at the level `SWITCHYARD_LOG` says (default `info`),
+/// as text or one JSON object per line.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // Fields (route, conn, peer, …) at the top level of each object,
+        // beside `timestamp`, `level`, `target` and `message`.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
 fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let serving = match &cli.command {
+        Command::Serve(args) | Command::Up(args) => Some(serve_config(args)?),
+        Command::Build(_) | Command::Token(_) => None,
+    };
+    init_logs(
+        serving
+            .as_ref()
+            .map_or(LogFormat::Text, |config| config.log_format),
+    );
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(serve_config(&args)?)),
+        Command::Serve(_) => runtime.block_on(serve(serving.expect("loaded above"))),
         Command::Build(args) => {
             let mut config = load_config(args.config.as_ref())?;
             if let Some(dir) = args.controllers {
@@ -169,8 +205,8 @@ fn run() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Up(args) => {
-            let config = serve_config(&args)?;
+        Command::Up(_) => {
+            let config = serving.expect("loaded above");
             build(&config.controllers)?;
             // Edits to a controller's sources rebuild it; the module watcher
             // then swaps the new version in.

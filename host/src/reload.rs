@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::metrics::ReloadResult;
 use crate::routing::route::RouteHandle;
 use crate::routing::router::RouteTable;
 use crate::runtime::Runtime;
@@ -100,6 +101,18 @@ impl Registry {
         self.events.subscribe()
     }
 
+    /// Counts `event` in the metrics and tells the subscribers.
+    fn emit(&self, event: ReloadEvent) {
+        let result = match &event {
+            ReloadEvent::Live { old_hash: None, .. } => ReloadResult::added,
+            ReloadEvent::Live { .. } => ReloadResult::swapped,
+            ReloadEvent::Rejected { .. } => ReloadResult::rejected,
+            ReloadEvent::Retired { .. } => ReloadResult::removed,
+        };
+        self.runtime.metrics().reload(result);
+        let _ = self.events.send(event);
+    }
+
     fn publish_routes(&self) {
         let table = self
             .entries
@@ -137,7 +150,7 @@ impl Registry {
     pub async fn add_initial(&mut self, file: &Path) -> Result<(), LoadError> {
         let (module, hash) = self.load_checked(file).await?;
         info!(route = %module.name, pattern = %module.pattern, file = %file.display(), hash = %hash,
-            "controller loaded");
+            compiled = ?module.compiled, "controller loaded");
         let handle = RouteHandle::new(self.runtime.clone(), Arc::new(module));
         self.entries.push(Entry {
             file: file.to_owned(),
@@ -164,7 +177,7 @@ impl Registry {
                 let route = entry.handle.module().name.to_string();
                 entry.handle.retire().await;
                 info!(route = %route, file = %file.display(), hash = %entry.hash, "module removed: route retired");
-                let _ = self.events.send(ReloadEvent::Retired {
+                self.emit(ReloadEvent::Retired {
                     file: file.to_owned(),
                     route,
                 });
@@ -187,7 +200,7 @@ impl Registry {
                 } else {
                     error!("{err}");
                 }
-                let _ = self.events.send(ReloadEvent::Rejected {
+                self.emit(ReloadEvent::Rejected {
                     file: file.to_owned(),
                     error: err.to_string(),
                 });
@@ -205,7 +218,7 @@ impl Registry {
                         file.display()
                     );
                     error!("{error}");
-                    let _ = self.events.send(ReloadEvent::Rejected {
+                    self.emit(ReloadEvent::Rejected {
                         file: file.to_owned(),
                         error,
                     });
@@ -226,9 +239,9 @@ impl Registry {
         self.publish_routes();
         let elapsed = since.elapsed();
         info!(route = %module.name, pattern = %module.pattern, file = %file.display(),
-            old_hash = old_hash.as_deref().unwrap_or("-"), new_hash = %hash,
+            old_hash = old_hash.as_deref().unwrap_or("-"), new_hash = %hash, compiled = ?module.compiled,
             ms = elapsed.as_secs_f64() * 1000.0, "module reloaded: new version live");
-        let _ = self.events.send(ReloadEvent::Live {
+        self.emit(ReloadEvent::Live {
             file: file.to_owned(),
             route: module.name.to_string(),
             old_hash,

@@ -22,7 +22,9 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
+use crate::admin::Admin;
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::reload::{self, Registry, ReloadEvent, Routes};
 use crate::routing::admission::{Admission, Permit, UpgradePermit};
 use crate::routing::auth::{Authorized, Guard, Principal};
@@ -61,6 +63,9 @@ pub struct Server {
     )>,
     rejected: Vec<LoadError>,
     guard: Arc<Guard>,
+    metrics: Arc<Metrics>,
+    /// The admin listener and what it answers from, when configured.
+    admin: Option<(Arc<Admin>, TcpListener)>,
 }
 
 /// Why a server cannot start.
@@ -77,6 +82,14 @@ pub enum ServeError {
         path: PathBuf,
         /// What the watcher said.
         source: notify::Error,
+    },
+    /// The admin listener cannot listen.
+    #[error("cannot listen on {addr} for the admin listener (`[admin] listen`): {source}")]
+    AdminListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
     },
     /// The WebAssembly engine cannot start.
     #[error("cannot start the WebAssembly engine: {0}")]
@@ -127,7 +140,8 @@ impl Server {
         } else {
             None
         };
-        let mut registry = Registry::new(runtime);
+        let metrics = runtime.metrics().clone();
+        let mut registry = Registry::new(runtime.clone());
         let mut rejected = Vec::new();
         for file in module_files(&config.controllers)? {
             if let Err(err) = registry.add_initial(&file).await {
@@ -146,6 +160,15 @@ impl Server {
         if registry.routes().load().routes().next().is_none() {
             warn!(dir = %config.controllers.display(), "no controller loaded: every path will get 404");
         }
+        let admin = match config.admin.listen {
+            Some(addr) => {
+                let listener =
+                    crate::bind(addr).map_err(|source| ServeError::AdminListen { addr, source })?;
+                let admin = Admin::new(runtime, registry.routes().clone());
+                Some((admin, listener))
+            }
+            None => None,
+        };
         Ok(Server {
             config,
             routes: registry.routes().clone(),
@@ -153,7 +176,16 @@ impl Server {
             watcher,
             rejected,
             guard,
+            metrics,
+            admin,
         })
+    }
+
+    /// Where the admin listener listens, when there is one.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|(_, listener)| listener.local_addr().ok())
     }
 
     /// The modules that were not loaded at start, and why.
@@ -195,8 +227,14 @@ impl Server {
             registry,
             watcher,
             guard,
+            metrics,
+            admin,
             ..
         } = self;
+        let admin = admin.map(|(admin, listener)| {
+            let task = tokio::spawn(admin.clone().serve(listener));
+            (admin, task)
+        });
         // The reload task ends when the watcher (and so its sender) is
         // dropped. It is watched: should it panic, hot reload is over (the
         // modules keep serving), and the log must say so.
@@ -216,6 +254,9 @@ impl Server {
         let admission = Admission::new(config.clone());
         tokio::pin!(shutdown);
         let mut backoff = AcceptBackoff::default();
+        if let Some((admin, _)) = &admin {
+            admin.accepting.store(true, Ordering::Release);
+        }
         loop {
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
@@ -240,6 +281,7 @@ impl Server {
                 Ok(permit) => permit,
                 Err(rejection) => {
                     debug!(%peer, status = rejection.status, reason = %rejection.body, "connection refused before its upgrade");
+                    metrics.upgrade("", rejection.status);
                     handshake::refuse_now(stream, &rejection);
                     continue;
                 }
@@ -251,11 +293,15 @@ impl Server {
                 admission: admission.clone(),
                 guard: guard.clone(),
                 stopping: stopping.clone(),
+                metrics: metrics.clone(),
                 peer,
             };
             tracker.spawn(conn.run(stream, upgrading));
         }
         drop(listener);
+        if let Some((admin, _)) = &admin {
+            admin.accepting.store(false, Ordering::Release);
+        }
         info!(
             connections = admission.total(),
             "shutting down: closing connections"
@@ -269,6 +315,9 @@ impl Server {
                 "shutdown timeout: dropping remaining connections"
             );
         }
+        if let Some((_, task)) = admin {
+            task.abort();
+        }
     }
 }
 
@@ -280,6 +329,7 @@ struct Accepted {
     admission: Arc<Admission>,
     guard: Arc<Guard>,
     stopping: connection::Shutdown,
+    metrics: Arc<Metrics>,
     peer: std::net::SocketAddr,
 }
 
@@ -311,12 +361,14 @@ impl Accepted {
         let request = match request {
             Ok(Ok(request)) => request,
             Ok(Err(ReadError::TooLarge)) => {
+                self.metrics.upgrade("", 431);
                 let _ =
                     handshake::reject(&mut stream, &Rejection::new(431, "request head too large"))
                         .await;
                 return None;
             }
             Ok(Err(ReadError::Malformed(reason))) => {
+                self.metrics.upgrade("", 400);
                 let _ = handshake::reject(
                     &mut stream,
                     &Rejection::new(400, format!("malformed request: {reason}")),
@@ -330,6 +382,7 @@ impl Accepted {
             }
             Err(_elapsed) => {
                 debug!(peer = %self.peer, "handshake timeout");
+                self.metrics.upgrade("", 408);
                 let rejection = Rejection::new(408, "the upgrade request did not arrive in time");
                 // The peer may not be reading; do not wait on it for long.
                 let _ = tokio::time::timeout(
@@ -350,6 +403,13 @@ impl Accepted {
                 } else {
                     info!(peer = %self.peer, path = %request.path, status = rejection.status, reason = %rejection.body, "upgrade refused");
                 }
+                let route = self
+                    .routes
+                    .load()
+                    .lookup(&request.path)
+                    .map(|matched| matched.target.module().name.to_string())
+                    .unwrap_or_default();
+                self.metrics.upgrade(&route, rejection.status);
                 let _ = handshake::reject(&mut stream, &rejection).await;
                 return None;
             }
@@ -364,6 +424,7 @@ impl Accepted {
             debug!(peer = %self.peer, error = %err, "upgrade failed");
             return None;
         }
+        self.metrics.upgrade(&module.name, 101);
         let Admitted {
             id,
             lease,
@@ -392,6 +453,7 @@ impl Accepted {
             expires_at,
             peer: self.peer,
             deflate: deflate.map(|(agreed, _)| agreed),
+            metrics: lease.route().metrics().clone(),
         };
         let mut request = request;
         let reader = Reader::new(std::mem::take(&mut request.leftover), limits, info.deflate);

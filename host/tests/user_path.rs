@@ -95,11 +95,43 @@ async fn serve_at_the_repository_root_swaps_retires_and_restores_modules() {
     assert!(support::run(root.path(), &["build"]).success());
     let echo = root.path().join("controllers/echo.wasm");
     let v1 = std::fs::read(&echo).unwrap();
-    let serve = Process::start(root.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    let serve = Process::start(
+        root.path(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let addr = serve.listening();
 
     let mut ws = connect(&addr, "/echo").await;
     assert_eq!(ask(&mut ws, "one").await, "one");
+
+    // The log is one JSON object per line, with the connection's fields.
+    let opened: serde_json::Value =
+        serde_json::from_str(&serve.wait_for_all(&["connection opened"])).unwrap();
+    assert_eq!(opened["level"], "INFO", "{opened}");
+    assert_eq!(opened["route"], "echo", "{opened}");
+    assert!(opened["conn"].is_u64(), "{opened}");
+    assert!(
+        opened["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{opened}"
+    );
+    // The admin listener counts what the client did.
+    let admin: serde_json::Value =
+        serde_json::from_str(&serve.wait_for_all(&["admin: http://"])).unwrap();
+    let admin = admin["message"].as_str().unwrap();
+    let admin = &admin["admin: http://".len()..admin.find("/metrics").unwrap()];
+    let metrics = support::http_get(admin, "/metrics");
+    assert!(
+        metrics.contains("switchyard_messages_received_total{route=\"echo\"} 1\n"),
+        "{metrics}"
+    );
 
     // Replaced (by `switchyard build`, which renames the new file into
     // place): swapped under the open socket.

@@ -39,6 +39,9 @@ pub fn module(name: &str) -> PathBuf {
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.limits.close_timeout_ms = 500;
+    // One compiled-module cache for every test server: each module is
+    // compiled once per test run instead of once per server.
+    config.module_cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-module-cache");
     config
 }
 
@@ -61,6 +64,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     /// Hot-reload outcomes since the server started.
     pub reloads: tokio::sync::broadcast::Receiver<ReloadEvent>,
+    /// Where its admin listener listens, when the config asks for one.
+    pub admin: Option<SocketAddr>,
     logs: Logs,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
@@ -69,6 +74,7 @@ pub struct TestServer {
 /// What a server thread reports once it listens.
 struct Ready {
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
     rejected: Vec<String>,
     reloads: tokio::sync::broadcast::Receiver<ReloadEvent>,
 }
@@ -128,6 +134,7 @@ impl TestServer {
                     let server = switchyard::Server::new(config).await?;
                     let ready = Ready {
                         addr: listener.local_addr()?,
+                        admin: server.admin_addr(),
                         rejected: server.rejected().iter().map(|e| e.to_string()).collect(),
                         reloads: server.reload_events(),
                     };
@@ -153,6 +160,7 @@ impl TestServer {
             rejected: ready.rejected,
             dir,
             reloads: ready.reloads,
+            admin: ready.admin,
             logs,
             shutdown: Some(shutdown),
             thread: Some(thread),
@@ -330,6 +338,54 @@ pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
         .expect("no answer")
         .unwrap();
     String::from_utf8_lossy(&response).into_owned()
+}
+
+/// The body of an HTTP `GET path` to `addr`, with its status.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = raw_http(addr, &format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")).await;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer: {response:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_owned())
+}
+
+/// The server's metrics, as `/metrics` on its admin listener shows them.
+pub async fn metrics(server: &TestServer) -> String {
+    let admin = server.admin.expect("the test config sets [admin] listen");
+    let (status, body) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// The value of the series `series` (name and labels, as printed), or
+/// `None` while it does not exist.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.split(' ').next()?.parse().ok()
+    })
+}
+
+/// Waits until the series `series` has the value `value` (metrics change
+/// as the server's tasks get to them); returns the whole text then.
+pub async fn wait_for_metric(server: &TestServer, series: &str, value: f64) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = metrics(server).await;
+        if metric_value(&text, series) == Some(value) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "`{series}` never became {value}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The log output of one server, captured from `tracing`: Switchyard's own

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use crate::config::InstanceMode;
+use crate::metrics::RouteMetrics;
 use crate::runtime::host_api::HostOwned;
 use crate::runtime::instance::ControllerInstance;
 use crate::runtime::kv::SharedKv;
@@ -180,10 +181,11 @@ pub struct Lease {
 impl RouteHandle {
     /// A route serving `module`; a shared route starts its instance now.
     pub fn new(runtime: Arc<Runtime>, module: Arc<Module>) -> Arc<RouteHandle> {
+        let metrics = runtime.metrics().route(&module.name);
         let route = Arc::new(RouteHandle {
             runtime,
             module: ArcSwap::new(module.clone()),
-            shared: RouteShared::new(),
+            shared: RouteShared::new(metrics),
             instances: Mutex::new(Instances::default()),
         });
         if module.instance == InstanceMode::Shared {
@@ -212,6 +214,11 @@ impl RouteHandle {
     ) -> Arc<ControllerInstance> {
         let owned = HostOwned::new(kv, self.shared.clone());
         ControllerInstance::new(self.runtime.clone(), module, owned, slot)
+    }
+
+    /// The route's counters.
+    pub fn metrics(&self) -> &Arc<RouteMetrics> {
+        &self.shared.metrics
     }
 
     /// The version serving new instances.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 
 use tracing::warn;
 use wasmtime::{
@@ -21,7 +21,9 @@ use wasmtime::{
 };
 
 use crate::config::Config;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::runtime::bindings::Controller;
+use crate::runtime::cache::{Compiled, ModuleCache};
 use crate::runtime::host_api::{GuestSizes, HostOwned, HostState};
 use crate::runtime::kv::{KvStore, SharedKv};
 use crate::runtime::shared::RouteShared;
@@ -48,6 +50,10 @@ pub struct Runtime {
     budget_ticks: u64,
     max_memory_bytes: usize,
     sizes: GuestSizes,
+    /// The server's metric families; each route takes its handles from it.
+    metrics: Arc<Metrics>,
+    /// Compiled modules on disk (`module_cache`), when on.
+    cache: Option<ModuleCache>,
 }
 
 impl Runtime {
@@ -95,13 +101,17 @@ impl Runtime {
         let tick_ms = EPOCH_TICK.as_millis() as u64;
         Ok(Arc::new(Runtime {
             config: config.clone(),
-            engine,
             live_instances: Arc::new(AtomicUsize::new(0)),
             max_instances,
             linker,
             budget_ticks: config.sandbox.event_budget_ms.div_ceil(tick_ms).max(1),
             max_memory_bytes: config.sandbox.max_memory_bytes,
             sizes: GuestSizes::of(&config),
+            metrics: Arc::new(Metrics::new()),
+            cache: config
+                .module_cache()
+                .map(|root| ModuleCache::new(root, &engine)),
+            engine,
         }))
     }
 
@@ -131,6 +141,28 @@ impl Runtime {
         Some(InstanceSlot(live.clone()))
     }
 
+    /// Compiles the component `bytes` make, or reads it from the
+    /// compiled-module cache. Blocking.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<(Component, Compiled)> {
+        match &self.cache {
+            Some(cache) => cache.component(&self.engine, bytes),
+            None => Ok((Component::new(&self.engine, bytes)?, Compiled::Fresh)),
+        }
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Instances alive now, and the most the pool holds (`None`: unbounded).
+    pub fn instances_in_use(&self) -> (usize, Option<usize>) {
+        (
+            self.live_instances.load(Ordering::Acquire),
+            self.max_instances,
+        )
+    }
+
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
@@ -151,7 +183,7 @@ impl Runtime {
 
     /// Host-owned state for a store that serves no route (loading a module).
     pub fn detached_owned(&self) -> HostOwned {
-        HostOwned::new(self.new_kv(), RouteShared::new())
+        HostOwned::new(self.new_kv(), RouteShared::new(RouteMetrics::detached()))
     }
 
     /// A store for one instance of the controller `route`, owning `owned`,

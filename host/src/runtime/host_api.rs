@@ -220,6 +220,11 @@ impl host::Host for HostState {
                 queued += 1;
             }
         }
+        self.owned
+            .route
+            .metrics
+            .deliveries
+            .inc_by(u64::from(queued));
         Ok(queued)
     }
 

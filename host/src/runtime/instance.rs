@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 use wasmtime::Store;
 
 use crate::config::InstanceMode;
+use crate::metrics::{EventKind, TrapKind};
 use crate::runtime::bindings::{CloseInfo, Connection, Controller, ErrorInfo, Message, OnMessage};
 use crate::runtime::host_api::{HostOwned, HostState};
 use crate::runtime::module::Module;
@@ -53,6 +54,24 @@ pub struct ControllerInstance {
     waiting: Mutex<Waiting>,
     /// The version now serving; replaced by a successful swap.
     module: ArcSwap<Module>,
+    /// Counts this instance among the route's live instances while it exists.
+    _counted: Counted,
+}
+
+/// One in a gauge for as long as it lives.
+struct Counted(prometheus_client::metrics::gauge::Gauge);
+
+impl Counted {
+    fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Counted {
+        gauge.inc();
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 #[derive(Default)]
@@ -116,6 +135,7 @@ impl ControllerInstance {
         owned: HostOwned,
         slot: Option<InstanceSlot>,
     ) -> Arc<Self> {
+        let counted = Counted::new(owned.route.metrics.instances.clone());
         let actor = InstanceState {
             runtime,
             module: module.clone(),
@@ -129,6 +149,7 @@ impl ControllerInstance {
             actor: tokio::sync::Mutex::new(actor),
             waiting: Mutex::new(Waiting::default()),
             module: ArcSwap::new(module),
+            _counted: counted,
         })
     }
 
@@ -375,7 +396,9 @@ impl InstanceState {
                 owned.conns.insert(id, handle);
                 owned.infos.insert(id, info);
                 runtime.arm_budget(store);
+                let started = Instant::now();
                 let result = controller.call_on_open(&mut *store, &record).await;
+                timed(store, EventKind::open, started);
                 (id, result.map(|reply| self.reply(conn, reply)))
             }
             Event::Message { id, msg } => {
@@ -383,9 +406,11 @@ impl InstanceState {
                     return;
                 }
                 runtime.arm_budget(store);
+                let started = Instant::now();
                 let Some(result) = on_message.call(&mut *store, id, &msg).await else {
                     return;
                 };
+                timed(store, EventKind::message, started);
                 (id, result.map(|reply| self.reply(conn, reply)))
             }
             Event::Error { id, code, message } => {
@@ -402,7 +427,9 @@ impl InstanceState {
                     message: message.clone(),
                 };
                 runtime.arm_budget(store);
+                let started = Instant::now();
                 let result = controller.call_on_error(&mut *store, id, &err).await;
+                timed(store, EventKind::error, started);
                 let result = result.map(|reply| self.reply(conn, reply));
                 if let Some(handle) = self.store().data().owned.conns.get(&id) {
                     let _ = handle.close(code, &message);
@@ -418,7 +445,9 @@ impl InstanceState {
                 }
                 let info = CloseInfo { code, reason };
                 runtime.arm_budget(store);
+                let started = Instant::now();
                 let result = controller.call_on_close(&mut *store, id, &info).await;
+                timed(store, EventKind::close, started);
                 // After on-close, which may still read the record and the
                 // attachment; a failed on-close replaces the instance below,
                 // and the connection is gone for the new one as well.
@@ -468,6 +497,12 @@ impl InstanceState {
     /// the connection whose event failed with 1011.
     async fn recover(&mut self, id: u64, err: wasmtime::Error) {
         self.consecutive_failures += 1;
+        self.store()
+            .data()
+            .owned
+            .route
+            .metrics
+            .trapped(trap_kind(&err));
         let trap = err
             .downcast_ref::<wasmtime::Trap>()
             .map(|trap| trap.to_string())
@@ -544,5 +579,30 @@ impl InstanceState {
             let _ = handle.close(1001, "controller removed");
         }
         info!(route = %self.module.name, "controller retired");
+    }
+}
+
+/// Counts an event of `kind` that started at `started` in the route's
+/// durations (a few relaxed atomic adds; no lookup).
+fn timed(store: &Store<HostState>, kind: EventKind, started: Instant) {
+    store
+        .data()
+        .owned
+        .route
+        .metrics
+        .event(kind)
+        .observe(started.elapsed());
+}
+
+/// What made a guest call fail, for the metrics.
+fn trap_kind(err: &wasmtime::Error) -> TrapKind {
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => TrapKind::budget,
+        // A Rust guest's panic aborts, which is `unreachable`.
+        Some(wasmtime::Trap::UnreachableCodeReached) => TrapKind::panic,
+        // With `trap_on_grow_failure`, a growth past the memory cap fails
+        // with wasmtime's "forcing trap when growing memory" error.
+        _ if format!("{err:#}").contains("growing memory") => TrapKind::memory,
+        _ => TrapKind::other,
     }
 }

@@ -14,6 +14,7 @@
 //! this layer.
 
 mod bindings;
+pub mod cache;
 pub mod engine;
 mod guest_log;
 pub mod host_api;

@@ -11,11 +11,10 @@ use std::hash::{DefaultHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wasmtime::component::Component;
-
 use crate::config::InstanceMode;
 use crate::runtime::Runtime;
 use crate::runtime::bindings::ControllerPre;
+use crate::runtime::cache::Compiled;
 use crate::runtime::host_api::HostState;
 use switchyard_grammar::{PatternError, RoutePattern};
 
@@ -132,6 +131,8 @@ pub struct Module {
     /// How instances are created: the controller's declaration, or the
     /// config's override for this route name.
     pub instance: InstanceMode,
+    /// Whether its code came from the compiled-module cache.
+    pub compiled: Compiled,
 }
 
 impl Module {
@@ -164,8 +165,8 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<(Module, String
         reason: err.to_string(),
     })?;
     let hash = content_hash(&bytes);
-    let engine = runtime.engine().clone();
-    let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+    let compiling = runtime.clone();
+    let (component, compiled) = tokio::task::spawn_blocking(move || compiling.compile(&bytes))
         .await
         .expect("compile task panicked")
         .map_err(|err| LoadError::Invalid {
@@ -227,6 +228,7 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<(Module, String
         name: Arc::from(info.name),
         is_granted: info.is_granted,
         instance,
+        compiled,
     };
     Ok((module, hash))
 }

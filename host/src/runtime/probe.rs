@@ -71,8 +71,14 @@ impl Probe {
             expires_at: None,
             peer: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             deflate: None,
+            metrics: crate::metrics::RouteMetrics::detached(),
         });
-        let conn = Arc::new(ConnHandle::new(id, &self.config.limits, None));
+        let conn = Arc::new(ConnHandle::new(
+            id,
+            &self.config.limits,
+            None,
+            crate::metrics::RouteMetrics::detached(),
+        ));
         let mut connection = ProbeConnection {
             instance: self.instance.clone(),
             conn: conn.clone(),

@@ -7,6 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
+use crate::metrics::RouteMetrics;
 use crate::wire::frame::Frame;
 use crate::wire::outbound::ConnHandle;
 
@@ -18,6 +19,8 @@ pub const MAX_GROUP_NAME: usize = 256;
 /// queue frames, which never waits), never across an await.
 pub struct RouteShared {
     state: Mutex<SharedState>,
+    /// The route's counters, for its connections and instances.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 #[derive(Default)]
@@ -31,9 +34,10 @@ struct SharedState {
 
 impl RouteShared {
     /// Empty state for a new route.
-    pub fn new() -> Arc<RouteShared> {
+    pub fn new(metrics: Arc<RouteMetrics>) -> Arc<RouteShared> {
         Arc::new(RouteShared {
             state: Mutex::new(SharedState::default()),
+            metrics,
         })
     }
 
@@ -101,6 +105,7 @@ impl RouteShared {
                 queued += 1;
             }
         }
+        self.metrics.deliveries.inc_by(u64::from(queued));
         queued
     }
 

@@ -293,7 +293,12 @@ impl<C: EventSink> Connection<C> {
             tcp,
             reader,
             writer: Writer::new(info.deflate),
-            handle: Arc::new(ConnHandle::new(info.id, limits, info.deflate)),
+            handle: Arc::new(ConnHandle::new(
+                info.id,
+                limits,
+                info.deflate,
+                info.metrics.clone(),
+            )),
             controller,
             route: info.route.clone(),
             keepalive: Keepalive::new(limits),
@@ -320,6 +325,7 @@ impl<C: EventSink> Connection<C> {
         async move {
             let id = info.id;
             info!(route = %self.route, conn = id, peer = %info.peer, path = %info.path, "connection opened");
+            self.handle.metrics().connections.inc();
             let handle = self.handle.clone();
             self.submit(Event::Open { info, handle }).await;
             // Polled once to join the token's waiter list, which wakes this
@@ -380,6 +386,8 @@ impl<C: EventSink> Connection<C> {
                 .take()
                 .unwrap_or((CLOSE_ABNORMAL, String::new()));
             info!(route = %self.route, conn = id, code, reason = %reason, "connection closed");
+            self.handle.metrics().connections.dec();
+            self.handle.metrics().closed(code);
             // Events still queued run first; then on-close, and this returns
             // once it has run, so that whoever drops the instance after this
             // (the lease) never overlaps it with its successor.
@@ -491,6 +499,9 @@ impl<C: EventSink> Connection<C> {
         let id = self.handle.id();
         match frame {
             Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
+                let metrics = self.handle.metrics();
+                metrics.messages_in.inc();
+                metrics.bytes_in.inc_by(msg.len() as u64);
                 (!self.handle.is_closing()).then_some(Event::Message { id, msg })
             }
             Some(Ok(WsMessage::Close(frame))) => {
@@ -752,6 +763,7 @@ mod tests {
             expires_at: None,
             peer,
             deflate: None,
+            metrics: crate::metrics::RouteMetrics::detached(),
         };
         let config = Arc::new(config);
         let reader = Reader::new(Vec::new(), &config.limits, None);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use crate::metrics::RouteMetrics;
 use crate::wire::deflate::Deflate;
 use crate::wire::outbound::ConnHandle;
 
@@ -43,6 +44,8 @@ pub struct ConnectionInfo {
     pub peer: std::net::SocketAddr,
     /// permessage-deflate, when the client and the route agreed on it.
     pub deflate: Option<Deflate>,
+    /// The route's counters.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// Something that happened on a connection, for its controller.

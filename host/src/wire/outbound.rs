@@ -19,8 +19,8 @@
 //!   either seen by the task or wakes it, never neither.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures_util::task::AtomicWaker;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::warn;
 
+use crate::metrics::RouteMetrics;
 use crate::wire::deflate::{self, Deflate};
 use crate::wire::frame::Frame;
 
@@ -90,6 +91,8 @@ pub struct ConnHandle {
     /// permessage-deflate, when agreed: a broadcast hands this connection
     /// its shared compressed frame.
     deflate: Option<Deflate>,
+    /// The route's counters (slow consumers, frames written).
+    metrics: Arc<RouteMetrics>,
 }
 
 /// Why [`ConnHandle::enqueue`] refused.
@@ -103,6 +106,7 @@ impl ConnHandle {
         id: u64,
         limits: &crate::config::Limits,
         deflate: Option<Deflate>,
+        metrics: Arc<RouteMetrics>,
     ) -> ConnHandle {
         ConnHandle {
             id,
@@ -117,7 +121,13 @@ impl ConnHandle {
             events: AtomicUsize::new(0),
             in_turn: AtomicBool::new(false),
             deflate,
+            metrics,
         }
+    }
+
+    /// The route's counters.
+    pub(crate) fn metrics(&self) -> &RouteMetrics {
+        &self.metrics
     }
 
     /// The connection's id.
@@ -291,6 +301,9 @@ impl ConnHandle {
         match self.enqueue(Outgoing::Frame(frame), len) {
             Ok(()) => Ok(()),
             Err(EnqueueError::Full) => {
+                if !self.is_closing() {
+                    self.metrics.slow_consumers.inc();
+                }
                 self.force_close(CloseCode::Policy, "slow consumer");
                 Err(PushError::SlowConsumer)
             }
@@ -392,7 +405,7 @@ mod tests {
             outbound_queue_bytes: bytes,
             ..Default::default()
         };
-        let handle = ConnHandle::new(7, &limits, None);
+        let handle = ConnHandle::new(7, &limits, None, crate::metrics::RouteMetrics::detached());
         let count = Arc::new(Count(AtomicUsize::new(0)));
         handle.register_waker(&Waker::from(count.clone()));
         (handle, count)

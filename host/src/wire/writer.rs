@@ -362,6 +362,13 @@ impl Writer {
                         };
                     }
                     self.compress_from(start);
+                    let taken = &self.batch.frames[start..];
+                    if !taken.is_empty() {
+                        let metrics = handle.metrics();
+                        metrics.messages_out.inc_by(taken.len() as u64);
+                        let bytes: usize = taken.iter().map(Frame::len).sum();
+                        metrics.bytes_out.inc_by(bytes as u64);
+                    }
                     let full = self.batch.frames.len() >= WRITE_BATCH;
                     ready!(self.batch.poll_write(tcp, cx))?;
                     if !matches!(self.state, WriteState::Open) {

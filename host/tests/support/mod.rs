@@ -177,3 +177,14 @@ pub fn edit(path: &PathBuf, text: &str, with: &str) {
     );
     std::fs::write(path, source.replace(text, with)).unwrap();
 }
+
+/// The answer to `GET path` from `addr` (`host:port`), head and body.
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(BUILD_WAIT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}

@@ -1,0 +1,81 @@
+//! Start-up time: from nothing to a server ready to accept, with the four
+//! sample controllers, with an empty compiled-module cache (cold: every
+//! module compiled by Cranelift) and with the cache the cold start filled
+//! (warm: every module read back). Cold and warm alternate within each
+//! round; medians and ranges over the rounds.
+//!
+//! `cargo run --release -p switchyard-bench --bin startup -- [ROUNDS]`
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Starts a server on `controllers` with its cache in `cache`, as the
+/// binary does (load every module, bind), and returns how long it took.
+async fn start(controllers: &Path, cache: &Path) -> anyhow::Result<Duration> {
+    let config = switchyard::Config {
+        controllers: controllers.to_owned(),
+        hot_reload: false,
+        module_cache: cache.to_owned(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let server = switchyard::Server::new(config).await?;
+    let listener = switchyard::bind("127.0.0.1:0".parse()?)?;
+    let took = started.elapsed();
+    anyhow::ensure!(
+        server.rejected().is_empty() && server.routes().len() == 4,
+        "the four samples did not all load: {:?}",
+        server.rejected()
+    );
+    drop((server, listener));
+    Ok(took)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(5);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let built = switchyard::builder::build_controllers(&repo.join("controllers"))?;
+    let controllers = tempfile::tempdir()?;
+    let mut bytes = 0;
+    for module in &built {
+        bytes += std::fs::metadata(module)?.len();
+        std::fs::copy(module, controllers.path().join(module.file_name().unwrap()))?;
+    }
+    println!(
+        "start-up to listening: {} sample modules ({} KiB in all), {rounds} rounds",
+        built.len(),
+        bytes / 1024
+    );
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let cache = tempfile::tempdir()?;
+        let c = start(controllers.path(), cache.path()).await?.as_secs_f64() * 1e3;
+        let w = start(controllers.path(), cache.path()).await?.as_secs_f64() * 1e3;
+        println!("  round {round}: cold {c:8.1} ms   warm {w:8.1} ms");
+        cold.push(c);
+        warm.push(w);
+    }
+    let range = |values: &[f64]| {
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(0.0, f64::max);
+        format!("{min:.1}-{max:.1}")
+    };
+    let (c, w) = (median(cold.clone()), median(warm.clone()));
+    println!(
+        "  median: cold {c:.1} ms ({}), warm {w:.1} ms ({}), warm/cold {:.3}",
+        range(&cold),
+        range(&warm),
+        w / c
+    );
+    Ok(())
+}
