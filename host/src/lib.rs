@@ -19,6 +19,7 @@ mod metrics;
 pub mod reload;
 mod routing;
 mod runtime;
+pub mod scaffold;
 mod server;
 mod wire;
 
@@ -28,7 +29,7 @@ pub use routing::{auth, router};
 pub use runtime::module::{self, LoadError};
 #[cfg(feature = "bench")]
 pub use runtime::probe;
-pub use server::{RouteSummary, ServeError, Server};
+pub use server::{CheckError, RouteSummary, ServeError, Server, check_module};
 
 /// Connections the kernel may hold completed for the server before it
 /// accepts them (capped by `net.core.somaxconn`). The usual default, 128,

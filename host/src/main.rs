@@ -27,6 +27,40 @@ enum Command {
     Up(ServeArgs),
     /// Print a development token signed with the configured HS256 secret.
     Token(TokenArgs),
+    /// Create a controller crate in the controllers folder, ready to build.
+    New(NewArgs),
+    /// Load modules as the server would and say what each would serve or
+    /// exactly why it would be refused (exit status 1 if any would be).
+    Check(CheckArgs),
+    /// Print the routing table the server would serve from the
+    /// controllers folder (exit status 1 if a module would be refused).
+    Routes(BuildArgs),
+}
+
+#[derive(Args)]
+struct NewArgs {
+    /// The controller's name: its crate, its route name and NAME.wasm.
+    name: String,
+    /// The route it serves (default: /NAME).
+    #[arg(long)]
+    route: Option<String>,
+    /// Folder of controller crates.
+    #[arg(long)]
+    controllers: Option<PathBuf>,
+    /// Config file (default: ./switchyard.toml when it exists).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// Module files to check.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Config file (default: ./switchyard.toml when it exists): its route
+    /// settings and sandbox apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -150,6 +184,80 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// never a backtrace (even with `RUST_BACKTRACE` set): what goes wrong
 /// here is almost always the user's to fix, and a stack says nothing to
 /// them.
+/// Checks each of `files`, printing what it would serve or why it would be
+/// refused; returns how many would be refused.
+async fn check(config: Config, files: &[PathBuf]) -> usize {
+    let mut refused = 0;
+    for file in files {
+        match switchyard::check_module(config.clone(), file).await {
+            Ok(route) => println!(
+                "{}: ok: route {} at {} (roles: {}; instances: {})",
+                file.display(),
+                route.name,
+                route.pattern,
+                roles(&route.is_granted),
+                route.instance
+            ),
+            Err(err) => {
+                refused += 1;
+                println!("{}: refused: {err}", file.display());
+            }
+        }
+    }
+    refused
+}
+
+fn roles(roles: &[String]) -> String {
+    if roles.is_empty() {
+        "anyone".to_owned()
+    } else {
+        roles.join(" or ")
+    }
+}
+
+/// Prints the routing table `config` makes, most specific first.
+async fn routes(config: Config) -> anyhow::Result<()> {
+    let server = Server::new(config).await?;
+    let rows: Vec<[String; 5]> = server
+        .routes()
+        .iter()
+        .map(|route| {
+            [
+                route.pattern.clone(),
+                route.name.clone(),
+                roles(&route.is_granted),
+                route.instance.clone(),
+                route.file.display().to_string(),
+            ]
+        })
+        .collect();
+    let header = ["PATTERN", "NAME", "ROLES", "INSTANCES", "FILE"].map(str::to_owned);
+    let mut widths = [0; 5];
+    for row in std::iter::once(&header).chain(&rows) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    for err in server.rejected() {
+        eprintln!("switchyard: refused: {err}");
+    }
+    if !server.rejected().is_empty() {
+        anyhow::bail!(
+            "{} module(s) would be refused (see above)",
+            server.rejected().len()
+        );
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -160,11 +268,13 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs to stderr, at the level `SWITCHYARD_LOG` says (default `info`),
-/// as text or one JSON object per line.
-fn init_logs(format: LogFormat) {
+/// Logs to stderr, at the level `SWITCHYARD_LOG` says (default `info`
+/// when serving, `warn` for the other commands, whose output is their
+/// answer), as text or one JSON object per line.
+fn init_logs(format: LogFormat, serving: bool) {
+    let level = if serving { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -183,12 +293,13 @@ fn run() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let serving = match &cli.command {
         Command::Serve(args) | Command::Up(args) => Some(serve_config(args)?),
-        Command::Build(_) | Command::Token(_) => None,
+        _ => None,
     };
     init_logs(
         serving
             .as_ref()
             .map_or(LogFormat::Text, |config| config.log_format),
+        serving.is_some(),
     );
     match cli.command {
         Command::Serve(_) => runtime.block_on(serve(serving.expect("loaded above"))),
@@ -198,6 +309,40 @@ fn run() -> anyhow::Result<()> {
                 config.controllers = dir;
             }
             build(&config.controllers_dir()?)
+        }
+        Command::New(args) => {
+            let mut config = load_config(args.config.as_ref())?;
+            if let Some(dir) = args.controllers {
+                config.controllers = dir;
+            }
+            let route = args.route.unwrap_or_else(|| format!("/{}", args.name));
+            let made = switchyard::scaffold::new_controller(
+                &config.controllers_dir()?,
+                &args.name,
+                &route,
+            )?;
+            println!(
+                "created {}: `switchyard up` builds it and serves it at {route}",
+                made.display()
+            );
+            Ok(())
+        }
+        Command::Check(args) => {
+            let config = load_config(args.config.as_ref())?;
+            let refused = runtime.block_on(check(config, &args.files));
+            if refused > 0 {
+                anyhow::bail!("{refused} of {} modules would be refused", args.files.len());
+            }
+            Ok(())
+        }
+        Command::Routes(args) => {
+            let mut config = load_config(args.config.as_ref())?;
+            if let Some(dir) = args.controllers {
+                config.controllers = dir;
+            }
+            config.hot_reload = false;
+            config.admin.listen = None;
+            runtime.block_on(routes(config))
         }
         Command::Token(args) => {
             let config = load_config(args.config.as_ref())?;

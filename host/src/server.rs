@@ -45,10 +45,77 @@ pub struct RouteSummary {
     pub name: String,
     /// The path pattern.
     pub pattern: String,
-    /// Roles of which a client needs one.
+    /// Roles of which a client needs one (the config's, when it sets
+    /// them for this route).
     pub is_granted: Vec<String>,
+    /// How its connections are spread over instances.
+    pub instance: String,
     /// The module file serving it.
     pub file: PathBuf,
+}
+
+/// The routes of `routes`, as the server with `config` serves them.
+fn summaries(routes: &Routes, config: &Config) -> Vec<RouteSummary> {
+    routes
+        .routes()
+        .map(|(pattern, handle)| {
+            let module = handle.module();
+            RouteSummary {
+                name: module.name.to_string(),
+                pattern: pattern.to_string(),
+                is_granted: config
+                    .route_is_granted(&module.name, &module.is_granted)
+                    .to_vec(),
+                instance: module.instance.to_string(),
+                file: module.file.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Loads `file` as a server already serving every other module of its
+/// folder would when the file is added (compiled, linked, checked against
+/// the controller world, its `describe()` run, its route checked against
+/// the others), and returns the route it would serve. Serves nothing.
+pub async fn check_module(config: Config, file: &Path) -> Result<RouteSummary, CheckError> {
+    let mut config = config;
+    config.hot_reload = false;
+    config.admin.listen = None;
+    // Only `describe()` runs: no pool to reserve.
+    config.sandbox.pooling = false;
+    let config = Arc::new(config);
+    let runtime = Runtime::new(config.clone()).map_err(|err| ServeError::Engine(err.into()))?;
+    let file = std::path::absolute(file).map_err(|err| LoadError::Read {
+        file: file.display().to_string(),
+        reason: err.to_string(),
+    })?;
+    let mut registry = Registry::new(runtime);
+    if let Some(dir) = file.parent() {
+        for other in module_files(dir).unwrap_or_default() {
+            if other != file {
+                // A module that would be refused serves nothing to
+                // conflict with.
+                let _ = registry.add_initial(&other).await;
+            }
+        }
+    }
+    registry.add_initial(&file).await?;
+    let routes = registry.routes().load();
+    Ok(summaries(&routes, &config)
+        .into_iter()
+        .find(|route| route.file == file)
+        .expect("the module just added serves a route"))
+}
+
+/// Why `check_module` refused a module.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The server could not have started.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The module would be refused.
+    #[error(transparent)]
+    Load(#[from] LoadError),
 }
 
 /// A server with its controllers loaded, ready to serve.
@@ -200,19 +267,7 @@ impl Server {
 
     /// The routes being served.
     pub fn routes(&self) -> Vec<RouteSummary> {
-        self.routes
-            .load()
-            .routes()
-            .map(|(pattern, handle)| {
-                let module = handle.module();
-                RouteSummary {
-                    name: module.name.to_string(),
-                    pattern: pattern.to_string(),
-                    is_granted: module.is_granted.clone(),
-                    file: module.file.clone(),
-                }
-            })
-            .collect()
+        summaries(&self.routes.load(), &self.config)
     }
 
     /// Serves clients from `listener` until `shutdown` resolves, then closes

@@ -123,8 +123,7 @@ async fn serve_at_the_repository_root_swaps_retires_and_restores_modules() {
         "{opened}"
     );
     // The admin listener counts what the client did.
-    let admin: serde_json::Value =
-        serde_json::from_str(&serve.wait_for_all(&["admin: http://"])).unwrap();
+    let admin: serde_json::Value = serde_json::from_str(&serve.seen(&["admin: http://"])).unwrap();
     let admin = admin["message"].as_str().unwrap();
     let admin = &admin["admin: http://".len()..admin.find("/metrics").unwrap()];
     let metrics = support::http_get(admin, "/metrics");
@@ -168,4 +167,102 @@ async fn serve_at_the_repository_root_swaps_retires_and_restores_modules() {
     serve.wait_for_all(&["new version live", "echo.wasm"]);
     let mut ws = connect(&addr, "/echo").await;
     assert_eq!(ask(&mut ws, "four").await, "four");
+}
+
+#[tokio::test]
+async fn new_check_and_routes_at_the_repository_root() {
+    let root = repository_copy("new");
+    let (ok, out, err) =
+        support::output(root.path(), &["new", "greeter", "--route", "/greet/{who}"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("controllers/greeter"), "{out}");
+    // Made twice: refused, nothing overwritten.
+    let (ok, _, err) = support::output(root.path(), &["new", "greeter"]);
+    assert!(!ok);
+    assert!(err.contains("already lists `greeter`"), "{err}");
+    assert!(support::run(root.path(), &["build"]).success());
+
+    // The routing table the server would serve, most specific first.
+    let (ok, out, err) = support::output(root.path(), &["routes"]);
+    assert!(ok, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("PATTERN"), "{out}");
+    let row = |name: &str| {
+        lines
+            .iter()
+            .find(|line| line.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("no route {name} in\n{out}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+    };
+    let greeter = row("greeter");
+    assert_eq!(
+        greeter[..4],
+        ["/greet/{who}", "greeter", "anyone", "shared"],
+        "{out}"
+    );
+    assert!(greeter[4].ends_with("controllers/greeter.wasm"), "{out}");
+    assert_eq!(
+        row("admin")[..3],
+        ["/admin/", "admin", "ROLE_ADMIN"],
+        "{out}"
+    );
+    assert_eq!(row("rooms")[3], "keyed:room", "{out}");
+    assert_eq!(lines.len(), 6, "a header and five routes:\n{out}");
+
+    // A module that would be served, one that conflicts with another in
+    // the folder, and one that is not a component: each says so.
+    let controllers = root.path().join("controllers");
+    std::fs::copy(
+        controllers.join("echo.wasm"),
+        controllers.join("echo-copy.wasm"),
+    )
+    .unwrap();
+    std::fs::write(controllers.join("broken.wasm"), b"not a component").unwrap();
+    let (ok, out, _) = support::output(
+        root.path(),
+        &[
+            "check",
+            "controllers/greeter.wasm",
+            "controllers/echo-copy.wasm",
+            "controllers/broken.wasm",
+        ],
+    );
+    assert!(!ok, "{out}");
+    let line = |file: &str| {
+        out.lines()
+            .find(|line| line.starts_with(file))
+            .unwrap_or_else(|| panic!("nothing about {file} in\n{out}"))
+    };
+    assert_eq!(
+        line("controllers/greeter.wasm"),
+        "controllers/greeter.wasm: ok: route greeter at /greet/{who} (roles: anyone; instances: shared)"
+    );
+    let copy = line("controllers/echo-copy.wasm");
+    assert!(
+        copy.contains("refused") && copy.contains("echo.wasm"),
+        "{copy}"
+    );
+    let broken = line("controllers/broken.wasm");
+    assert!(
+        broken.contains("refused") && broken.contains("not a valid WebAssembly component"),
+        "{broken}"
+    );
+    // `routes` still prints the table, and fails, naming what it refused.
+    let (ok, out, err) = support::output(root.path(), &["routes"]);
+    assert!(!ok);
+    assert!(out.contains("greeter"), "{out}");
+    assert!(
+        err.contains("broken.wasm") && err.contains("echo-copy.wasm"),
+        "{err}"
+    );
+    std::fs::remove_file(controllers.join("echo-copy.wasm")).unwrap();
+    std::fs::remove_file(controllers.join("broken.wasm")).unwrap();
+
+    // And the new controller serves at once.
+    let serve = Process::start(root.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    let addr = serve.listening();
+    let mut ws = connect(&addr, "/greet/bob").await;
+    assert_eq!(recv_text(&mut ws).await, "Hello from greeter!");
+    assert_eq!(ask(&mut ws, "hi").await, "hi");
 }

@@ -171,7 +171,12 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<(Module, String
         .expect("compile task panicked")
         .map_err(|err| LoadError::Invalid {
             file: file.clone(),
-            reason: format!("{err:#}"),
+            // On one line: the parser's message spreads byte arrays over
+            // many.
+            reason: format!("{err:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         })?;
     let wrong_world = |err: wasmtime::Error| LoadError::WrongWorld {
         file: file.clone(),

@@ -23,6 +23,8 @@ pub fn repo() -> &'static Path {
 pub struct Process {
     pub child: Child,
     lines: mpsc::Receiver<String>,
+    /// Every line received so far, for [`Process::seen`].
+    history: std::sync::Mutex<Vec<String>>,
 }
 
 impl Process {
@@ -50,7 +52,11 @@ impl Process {
                 }
             });
         }
-        Process { child, lines }
+        Process {
+            child,
+            lines,
+            history: std::sync::Mutex::default(),
+        }
     }
 
     /// Waits for a line containing every one of `needles`, and returns it.
@@ -59,11 +65,29 @@ impl Process {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
-                Ok(_) => {}
+                Ok(line) => {
+                    self.history.lock().unwrap().push(line.clone());
+                    if needles.iter().all(|n| line.contains(n)) {
+                        return line;
+                    }
+                }
                 Err(_) => panic!("no line containing {needles:?}"),
             }
         }
+    }
+
+    /// The first line, seen already or still to come, containing every one
+    /// of `needles` (stdout and stderr are read apart, so lines of the two
+    /// may arrive in either order).
+    pub fn seen(&self, needles: &[&str]) -> String {
+        let found = self
+            .history
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|line| needles.iter().all(|n| line.contains(n)))
+            .cloned();
+        found.unwrap_or_else(|| self.wait_for_all(needles))
     }
 
     /// Waits for a line containing `needle`, and returns it.
@@ -104,6 +128,21 @@ pub fn run(cwd: &Path, args: &[&str]) -> ExitStatus {
         .current_dir(cwd)
         .status()
         .unwrap()
+}
+
+/// Runs `switchyard ARGS` in `cwd` to its end; returns whether it
+/// succeeded, its stdout and its stderr.
+pub fn output(cwd: &Path, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) {
