@@ -15,7 +15,7 @@
 mod admin;
 pub mod builder;
 pub mod config;
-mod metrics;
+pub mod metrics;
 pub mod reload;
 mod routing;
 mod runtime;

@@ -106,12 +106,140 @@ const EVENT_BUCKETS: [f64; 12] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1, 0.5, 2.5,
 ];
 
-/// A histogram of event durations whose observation is two relaxed
-/// atomic adds: `prometheus-client`'s own histogram takes a lock per
-/// observation, which every event would pay.
-/// A handle: clones count into the same histogram.
+/// The same bounds in nanoseconds, for the comparison an observation makes.
+const EVENT_BUCKETS_NANOS: [u64; 12] = [
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    25_000_000,
+    100_000_000,
+    500_000_000,
+    2_500_000_000,
+];
+
+/// Per-thread slots a counter or histogram keeps: each thread that counts
+/// gets a slot of its own (given back when it ends), so the message path
+/// writes a cache line no other thread writes, with a plain load and store
+/// instead of a locked add. Threads beyond these share one atomic.
+const SLOTS: usize = 32;
+
+/// The slots not held by a live thread.
+static FREE_SLOTS: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+static NEXT_SLOT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// This thread's slot, for as long as the thread lives.
+struct Slot(Option<usize>);
+
+impl Slot {
+    fn take() -> Slot {
+        let free = FREE_SLOTS.lock().expect("metric slots").pop();
+        let slot = free.or_else(|| {
+            let next = NEXT_SLOT.fetch_add(1, Ordering::Relaxed);
+            (next < SLOTS).then_some(next)
+        });
+        Slot(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0 {
+            FREE_SLOTS.lock().expect("metric slots").push(slot);
+        }
+    }
+}
+
+thread_local! {
+    static SLOT: Slot = Slot::take();
+}
+
+/// This thread's own slot, if it has one.
+fn slot() -> Option<usize> {
+    SLOT.try_with(|slot| slot.0).ok().flatten()
+}
+
+/// Adds `n` to `value`, which only this thread writes: a load and a store,
+/// no locked instruction.
+fn add_own(value: &AtomicU64, n: u64) {
+    value.store(
+        value.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+/// A value on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Padded<T>(T);
+
+/// A counter for the message path: each thread adds into its own slot,
+/// and a scrape sums them. Clones count into the same counter.
 #[derive(Debug, Default, Clone)]
-pub struct Durations(Arc<Buckets>);
+pub struct Count(Arc<CountSlots>);
+
+#[derive(Debug, Default)]
+struct CountSlots {
+    slots: [Padded<AtomicU64>; SLOTS],
+    shared: AtomicU64,
+}
+
+impl Count {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.inc_by(1);
+    }
+
+    /// Adds `n`.
+    pub fn inc_by(&self, n: u64) {
+        match slot() {
+            Some(slot) => add_own(&self.0.slots[slot].0, n),
+            None => {
+                self.0.shared.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The total so far.
+    pub fn get(&self) -> u64 {
+        self.0
+            .slots
+            .iter()
+            .map(|slot| slot.0.load(Ordering::Relaxed))
+            .fold(self.0.shared.load(Ordering::Relaxed), u64::wrapping_add)
+    }
+}
+
+impl TypedMetric for Count {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for Count {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder
+            .encode_counter::<prometheus_client::encoding::NoLabelSet, u64, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// A histogram of event durations, counted per thread as [`Count`] is:
+/// `prometheus-client`'s own histogram takes a lock per observation, which
+/// every event would pay. Clones count into the same histogram.
+#[derive(Debug, Default, Clone)]
+pub struct Durations(Arc<DurationSlots>);
+
+#[derive(Debug, Default)]
+struct DurationSlots {
+    slots: [Padded<Buckets>; SLOTS],
+    shared: Buckets,
+}
 
 #[derive(Debug, Default)]
 struct Buckets {
@@ -124,14 +252,41 @@ struct Buckets {
 impl Durations {
     /// Counts one event that took `took`.
     pub fn observe(&self, took: Duration) {
-        let seconds = took.as_secs_f64();
-        let bucket = EVENT_BUCKETS
-            .iter()
-            .position(|bound| seconds <= *bound)
-            .unwrap_or(EVENT_BUCKETS.len());
-        self.0.counts[bucket].fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        let bucket = EVENT_BUCKETS_NANOS
+            .iter()
+            .position(|bound| nanos <= *bound)
+            .unwrap_or(EVENT_BUCKETS.len());
+        match slot() {
+            Some(slot) => {
+                let own = &self.0.slots[slot].0;
+                add_own(&own.counts[bucket], 1);
+                add_own(&own.sum_nanos, nanos);
+            }
+            None => {
+                self.0.shared.counts[bucket].fetch_add(1, Ordering::Relaxed);
+                self.0.shared.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Every bucket's count and the sum in nanoseconds, over the slots.
+    fn totals(&self) -> ([u64; EVENT_BUCKETS.len() + 1], u64) {
+        let mut counts = [0; EVENT_BUCKETS.len() + 1];
+        let mut sum = 0u64;
+        for buckets in self
+            .0
+            .slots
+            .iter()
+            .map(|slot| &slot.0)
+            .chain([&self.0.shared])
+        {
+            for (total, count) in counts.iter_mut().zip(&buckets.counts) {
+                *total += count.load(Ordering::Relaxed);
+            }
+            sum = sum.wrapping_add(buckets.sum_nanos.load(Ordering::Relaxed));
+        }
+        (counts, sum)
     }
 }
 
@@ -141,15 +296,15 @@ impl TypedMetric for Durations {
 
 impl EncodeMetric for Durations {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (counts, sum_nanos) = self.totals();
         let buckets: Vec<(f64, u64)> = EVENT_BUCKETS
             .iter()
             .copied()
             .chain([f64::INFINITY])
-            .zip(&self.0.counts)
-            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .zip(counts)
             .collect();
-        let count = buckets.iter().map(|(_, count)| count).sum();
-        let sum = self.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let count = counts.iter().sum();
+        let sum = sum_nanos as f64 / 1e9;
         encoder
             .encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &buckets, None)
     }
@@ -165,11 +320,11 @@ pub struct Metrics {
     connections: Family<RouteLabel, Gauge>,
     upgrades: Family<UpgradeLabels, Counter>,
     closed: Family<CloseLabels, Counter>,
-    messages_in: Family<RouteLabel, Counter>,
-    bytes_in: Family<RouteLabel, Counter>,
-    messages_out: Family<RouteLabel, Counter>,
-    bytes_out: Family<RouteLabel, Counter>,
-    deliveries: Family<RouteLabel, Counter>,
+    messages_in: Family<RouteLabel, Count>,
+    bytes_in: Family<RouteLabel, Count>,
+    messages_out: Family<RouteLabel, Count>,
+    bytes_out: Family<RouteLabel, Count>,
+    deliveries: Family<RouteLabel, Count>,
     slow_consumers: Family<RouteLabel, Counter>,
     instances: Family<RouteLabel, Gauge>,
     events: Family<EventLabels, Durations>,
@@ -192,11 +347,11 @@ impl Metrics {
         let connections = Family::<RouteLabel, Gauge>::default();
         let upgrades = Family::<UpgradeLabels, Counter>::default();
         let closed = Family::<CloseLabels, Counter>::default();
-        let messages_in = Family::<RouteLabel, Counter>::default();
-        let bytes_in = Family::<RouteLabel, Counter>::default();
-        let messages_out = Family::<RouteLabel, Counter>::default();
-        let bytes_out = Family::<RouteLabel, Counter>::default();
-        let deliveries = Family::<RouteLabel, Counter>::default();
+        let messages_in = Family::<RouteLabel, Count>::default();
+        let bytes_in = Family::<RouteLabel, Count>::default();
+        let messages_out = Family::<RouteLabel, Count>::default();
+        let bytes_out = Family::<RouteLabel, Count>::default();
+        let deliveries = Family::<RouteLabel, Count>::default();
         let slow_consumers = Family::<RouteLabel, Counter>::default();
         let instances = Family::<RouteLabel, Gauge>::default();
         let events = Family::<EventLabels, Durations>::default();
@@ -232,12 +387,12 @@ impl Metrics {
         );
         registry.register(
             "messages_sent",
-            "Frames written to clients (data, pings, pongs)",
+            "Frames taken from the outbound queue to be written to clients (data, pings, pongs)",
             messages_out.clone(),
         );
         registry.register_with_unit(
             "sent",
-            "Payload bytes of the frames written",
+            "Payload bytes of those frames (compressed, when compressed)",
             Unit::Bytes,
             bytes_out.clone(),
         );
@@ -368,15 +523,15 @@ pub struct RouteMetrics {
     /// Open connections.
     pub connections: Gauge,
     /// Messages received.
-    pub messages_in: Counter,
+    pub messages_in: Count,
     /// Payload bytes received.
-    pub bytes_in: Counter,
-    /// Frames written.
-    pub messages_out: Counter,
-    /// Payload bytes written.
-    pub bytes_out: Counter,
+    pub bytes_in: Count,
+    /// Frames taken from the outbound queue.
+    pub messages_out: Count,
+    /// Their payload bytes.
+    pub bytes_out: Count,
     /// Frames queued by broadcast and publish.
-    pub deliveries: Counter,
+    pub deliveries: Count,
     /// Slow-consumer closes.
     pub slow_consumers: Counter,
     /// Live instances.
@@ -482,6 +637,35 @@ mod tests {
         ] {
             assert!(text.contains(line), "no `{line}` in\n{text}");
         }
+    }
+
+    #[test]
+    fn counts_from_more_threads_than_slots_add_up() {
+        let count = Count::default();
+        let durations = Durations::default();
+        for _ in 0..2 {
+            // Twice: the second wave's threads take the slots the first
+            // gave back, over the values those left.
+            std::thread::scope(|scope| {
+                for _ in 0..SLOTS * 2 {
+                    scope.spawn(|| {
+                        for _ in 0..1_000 {
+                            count.inc_by(2);
+                            durations.observe(Duration::from_micros(20));
+                        }
+                    });
+                }
+            });
+        }
+        let events = 2 * SLOTS as u64 * 2 * 1_000;
+        assert_eq!(count.get(), 2 * events);
+        let (counts, sum) = durations.totals();
+        assert_eq!(
+            counts[1], events,
+            "20 µs is in the 25 µs bucket: {counts:?}"
+        );
+        assert_eq!(counts.iter().sum::<u64>(), events);
+        assert_eq!(sum, events * 20_000);
     }
 
     #[test]

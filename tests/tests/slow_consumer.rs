@@ -48,6 +48,7 @@ async fn a_stalled_reader_is_closed_with_1008_and_memory_stays_bounded() {
     // The 1008 close frame waits behind what the stalled client's socket
     // buffers already hold; give it time to start reading again.
     config.limits.close_timeout_ms = 60_000;
+    config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
     let server = TestServer::start_with(&["chat"], config).await;
     let mut sender = server.connect("/chat/?name=sender").await;
     let mut reader = server.connect("/chat/?name=reader").await;
@@ -107,6 +108,19 @@ async fn a_stalled_reader_is_closed_with_1008_and_memory_stays_bounded() {
     // The others never noticed.
     sender.send(Message::binary(payload(0))).await.unwrap();
     assert_eq!(next_binary(&mut reader).await, payload(0));
+    // An operator sees it: one slow-consumer close, one 1008.
+    wait_for_metric(
+        &server,
+        "switchyard_slow_consumer_closes_total{route=\"chat\"}",
+        1.0,
+    )
+    .await;
+    wait_for_metric(
+        &server,
+        "switchyard_connections_closed_total{route=\"chat\",code=\"1008\"}",
+        1.0,
+    )
+    .await;
     // Gone before the stop, which would otherwise wait out the long close
     // timeout for clients that are no longer read.
     drop((sender, reader, stalled));

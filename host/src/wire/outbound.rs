@@ -301,10 +301,10 @@ impl ConnHandle {
         match self.enqueue(Outgoing::Frame(frame), len) {
             Ok(()) => Ok(()),
             Err(EnqueueError::Full) => {
-                if !self.is_closing() {
+                // Counted once, by the push that closes it.
+                if self.force_close(CloseCode::Policy, "slow consumer") {
                     self.metrics.slow_consumers.inc();
                 }
-                self.force_close(CloseCode::Policy, "slow consumer");
                 Err(PushError::SlowConsumer)
             }
             Err(EnqueueError::Done) => Err(PushError::Closed),
@@ -330,9 +330,11 @@ impl ConnHandle {
     }
 
     /// Drops whatever is queued and closes with `code` as soon as possible.
-    pub fn force_close(&self, code: CloseCode, reason: &str) {
+    /// Returns whether this call started the close (false: it was closing
+    /// already).
+    pub fn force_close(&self, code: CloseCode, reason: &str) -> bool {
         if self.closing.swap(true, Ordering::AcqRel) {
-            return;
+            return false;
         }
         warn!(
             conn = self.id,
@@ -341,6 +343,7 @@ impl ConnHandle {
             "closing connection"
         );
         self.kill_with(close_frame(code, reason));
+        true
     }
 
     fn kill_with(&self, frame: CloseFrame) {
