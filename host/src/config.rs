@@ -19,12 +19,12 @@ use switchyard_grammar::Mode;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("cannot read config file {}: {source}", path.display())]
+    #[error("cannot read config file {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// What the system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML, or a key or value is unknown or has the
     /// wrong type.
@@ -45,14 +45,14 @@ pub enum ConfigError {
     },
     /// The controllers folder cannot be read.
     #[error(
-        "cannot read the controllers folder {}: {source}; create it or pass --controllers DIR",
+        "cannot read the controllers folder {}: {error}; create it or pass --controllers DIR",
         path.display()
     )]
     ControllersDir {
         /// The folder.
         path: PathBuf,
         /// What the system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -619,9 +619,9 @@ impl Config {
     /// folder watchers, the builder) sees each path in one form, whatever
     /// the working directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let read = |source| ConfigError::Read {
+        let read = |error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         };
         let text = std::fs::read_to_string(path).map_err(read)?;
         let mut config = Config::from_toml(&text).map_err(|err| err.in_file(path))?;
@@ -654,9 +654,9 @@ impl Config {
     /// so a relative or differently spelled folder would make the same file
     /// look like two.
     pub fn controllers_dir(&self) -> Result<PathBuf, ConfigError> {
-        std::fs::canonicalize(&self.controllers).map_err(|source| ConfigError::ControllersDir {
+        std::fs::canonicalize(&self.controllers).map_err(|error| ConfigError::ControllersDir {
             path: self.controllers.clone(),
-            source,
+            error,
         })
     }
 

@@ -143,32 +143,32 @@ pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// The controllers folder cannot be watched for hot reload.
-    #[error("cannot watch the controllers folder {} for hot reload: {source}", path.display())]
+    #[error("cannot watch the controllers folder {} for hot reload: {error}", path.display())]
     Watch {
         /// The folder.
         path: PathBuf,
         /// What the watcher said.
-        source: notify::Error,
+        error: notify::Error,
     },
     /// The admin listener cannot listen.
-    #[error("cannot listen on {addr} for the admin listener (`[admin] listen`): {source}")]
+    #[error("cannot listen on {addr} for the admin listener (`[admin] listen`): {error}")]
     AdminListen {
         /// The address.
         addr: std::net::SocketAddr,
         /// What the system said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The WebAssembly engine cannot start.
     #[error("cannot start the WebAssembly engine: {0}")]
-    Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Engine(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The `*.wasm` files of a folder, sorted by name so that conflicts are
 /// decided the same way on every start.
 fn module_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::ControllersDir {
+    let entries = std::fs::read_dir(dir).map_err(|error| ConfigError::ControllersDir {
         path: dir.to_owned(),
-        source,
+        error,
     })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -199,9 +199,9 @@ impl Server {
         // Watch before the first scan so no change slips between the two.
         let watcher = if config.hot_reload {
             Some(
-                reload::watch_modules(&config.controllers).map_err(|source| ServeError::Watch {
+                reload::watch_modules(&config.controllers).map_err(|error| ServeError::Watch {
                     path: config.controllers.clone(),
-                    source,
+                    error,
                 })?,
             )
         } else {
@@ -230,7 +230,7 @@ impl Server {
         let admin = match config.admin.listen {
             Some(addr) => {
                 let listener =
-                    crate::bind(addr).map_err(|source| ServeError::AdminListen { addr, source })?;
+                    crate::bind(addr).map_err(|error| ServeError::AdminListen { addr, error })?;
                 let admin = Admin::new(runtime, registry.routes().clone());
                 Some((admin, listener))
             }

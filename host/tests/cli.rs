@@ -96,12 +96,16 @@ fn missing_controllers_folder_is_a_clear_error() {
     let output = switchyard()
         .args(["serve", "--listen", "127.0.0.1:0", "--controllers"])
         .arg(dir.path().join("nowhere"))
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nowhere"), "{stderr}");
     assert!(stderr.contains("controllers folder"), "{stderr}");
+    // One line: the system's reason once, no backtrace.
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("os error").count(), 1, "{stderr}");
 }
 
 #[test]
