@@ -123,10 +123,14 @@ impl ModuleCache {
             file.sync_all()?;
             std::fs::rename(&temporary, entry)
         })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&temporary);
+        match &written {
+            Ok(()) => {
+                debug!(entry = %entry.display(), bytes = artifact.len(), "compiled module stored")
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(&temporary);
+            }
         }
-        debug!(entry = %entry.display(), bytes = artifact.len(), "compiled module stored");
         written
     }
 }
