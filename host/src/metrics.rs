@@ -4,7 +4,10 @@
 //! in a `prometheus-client` registry that the admin listener encodes at
 //! `/metrics`. The message path never looks a metric up: each route gets a
 //! [`RouteMetrics`] when it is first served (kept across hot reloads), whose
-//! counters are shared atomics a connection or an instance bumps directly.
+//! per-message counters ([`Count`], [`Durations`]) a connection or an
+//! instance bumps directly, each thread in a slot of its own. What happens
+//! once per connection or less (upgrades, closes, traps, reloads) goes
+//! through the families' own counters.
 //! Labels are route names, HTTP statuses, close codes and fixed kinds, never
 //! room keys, connection ids or user ids, so the number of series stays
 //! bounded by the number of routes.
