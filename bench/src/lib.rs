@@ -11,3 +11,4 @@ pub mod histogram;
 pub mod load;
 pub mod native;
 pub mod process;
+pub mod stats;

@@ -371,6 +371,16 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Asserts that the series `series` of the scrape `text` has `value`.
+#[track_caller]
+pub fn assert_metric(text: &str, series: &str, value: f64) {
+    assert_eq!(
+        metric_value(text, series),
+        Some(value),
+        "{series} in\n{text}"
+    );
+}
+
 /// Waits until the series `series` has the value `value` (metrics change
 /// as the server's tasks get to them); returns the whole text then.
 pub async fn wait_for_metric(server: &TestServer, series: &str, value: f64) -> String {

@@ -24,11 +24,7 @@ async fn metrics_count_connections_messages_and_events_by_route() {
         assert_eq!(recv_text(&mut ws).await, text);
     }
     let text = metrics(&server).await;
-    assert_eq!(
-        metric_value(&text, "switchyard_connections{route=\"echo\"}"),
-        Some(1.0),
-        "{text}"
-    );
+    assert_metric(&text, "switchyard_connections{route=\"echo\"}", 1.0);
     assert_eq!(server.refused_status("/nowhere").await, 404);
     ws.close(Some(CloseFrame {
         code: CloseCode::Normal,
@@ -69,11 +65,7 @@ async fn metrics_count_connections_messages_and_events_by_route() {
         ("switchyard_instances{route=\"echo\"}", 1.0),
         ("switchyard_pool_instances", 1_000.0),
     ] {
-        assert_eq!(
-            metric_value(&text, series),
-            Some(value),
-            "{series} in\n{text}"
-        );
+        assert_metric(&text, series, value);
     }
     assert!(
         metric_value(&text, "switchyard_pool_instances_used").is_some_and(|used| used >= 1.0),
@@ -164,11 +156,7 @@ async fn guest_traps_are_counted_by_kind() {
     .await;
     for kind in ["panic", "budget", "memory", "other"] {
         let series = format!("switchyard_guest_traps_total{{route=\"fault\",kind=\"{kind}\"}}");
-        assert_eq!(
-            metric_value(&text, &series),
-            Some(1.0),
-            "{series} in\n{text}"
-        );
+        assert_metric(&text, &series, 1.0);
     }
     server.stop().await;
 }
@@ -187,11 +175,7 @@ async fn reloads_are_counted_by_result() {
     let text = metrics(&server).await;
     for result in ["swapped", "rejected", "added", "removed"] {
         let series = format!("switchyard_reloads_total{{result=\"{result}\"}}");
-        assert_eq!(
-            metric_value(&text, &series),
-            Some(1.0),
-            "{series} in\n{text}"
-        );
+        assert_metric(&text, &series, 1.0);
     }
     server.stop().await;
 }

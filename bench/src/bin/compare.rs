@@ -24,6 +24,7 @@ use switchyard_bench::load::{
     self, BroadcastResult, BroadcastSpec, EchoResult, EchoSpec, IdleResult, IdleSpec,
 };
 use switchyard_bench::process::{self, ServerKind, ServerProcess};
+use switchyard_bench::stats::median;
 
 #[derive(Parser)]
 #[command(
@@ -313,16 +314,6 @@ fn metrics(scenario: Scenario) -> Vec<Metric> {
             },
             target: Target::AtMost(8192.0),
         }],
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
 

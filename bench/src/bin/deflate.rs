@@ -35,6 +35,7 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use flate2::{Compress, Decompress, FlushCompress, FlushDecompress};
 use switchyard_bench::process;
+use switchyard_bench::stats::{median, min_max};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -481,19 +482,13 @@ async fn measure(server: &Server, args: &Args) -> anyhow::Result<(Sample, Agreed
     ))
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// Prints a table row for `mode`; returns its median wire bytes and CPU
 /// per delivery.
 fn summary(mode: Mode, samples: &[Sample]) -> (f64, f64) {
     let pick = |f: fn(&Sample) -> f64| {
-        let mut v: Vec<f64> = samples.iter().map(f).collect();
-        let lo = v.iter().copied().fold(f64::MAX, f64::min);
-        let hi = v.iter().copied().fold(f64::MIN, f64::max);
-        (median(&mut v), lo, hi)
+        let v: Vec<f64> = samples.iter().map(f).collect();
+        let (lo, hi) = min_max(&v);
+        (median(v), lo, hi)
     };
     let range = |(m, lo, hi): (f64, f64, f64), digits: usize| {
         format!("{m:.digits$} ({lo:.digits$}–{hi:.digits$})")

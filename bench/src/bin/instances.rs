@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use switchyard::Config;
+use switchyard_bench::stats::median;
 use tokio_tungstenite::tungstenite::Message;
 
 const CREATIONS: usize = 20_000;
@@ -86,11 +87,6 @@ async fn echo_rate(dir: &Path, mut config: Config, payload: &'static str) -> any
     let _ = stop.send(());
     serving.await?;
     Ok(rate)
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
 }
 
 #[tokio::main]

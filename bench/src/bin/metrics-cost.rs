@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard::metrics::{EventKind, Metrics, RouteMetrics};
+use switchyard_bench::stats::{median, min_max};
 
 const MESSAGES: u64 = 5_000_000;
 
@@ -56,11 +57,6 @@ fn per_message(threads: usize, counted: bool, route: &Arc<RouteMetrics>) -> f64 
     took.as_nanos() as f64 / MESSAGES as f64
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     let metrics = Arc::new(Metrics::new());
     let route = metrics.route("echo");
@@ -75,8 +71,7 @@ fn main() {
         }
         let cost: Vec<f64> = with.iter().zip(&without).map(|(w, o)| w - o).collect();
         let range = |v: &[f64]| {
-            let min = v.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let (min, max) = min_max(v);
             format!("{min:.1}-{max:.1}")
         };
         println!(

@@ -9,10 +9,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
+use switchyard_bench::stats::{median, min_max};
 
 /// Starts a server on `controllers` with its cache in `cache`, as the
 /// binary does (load every module, bind), and returns how long it took.
@@ -66,8 +63,7 @@ async fn main() -> anyhow::Result<()> {
         warm.push(w);
     }
     let range = |values: &[f64]| {
-        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = values.iter().copied().fold(0.0, f64::max);
+        let (min, max) = min_max(values);
         format!("{min:.1}-{max:.1}")
     };
     let (c, w) = (median(cold.clone()), median(warm.clone()));
