@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # Runs every test, installing first what the tests need and this machine
-# lacks: the wasm32-wasip2 target (rustup) and the Python tools the
-# conformance and outside-client tests drive (the Autobahn cases through
-# `kosoku`, Python's `websockets` client), in a virtual environment under
-# target/. CI (.ci/run) calls this script; so can you, on a fresh machine.
+# lacks: the wasm32-wasip2 target (rustup), `redis-server` for the cluster
+# tests (Debian's package, with apt-get when run as root), and the Python
+# tools the conformance and outside-client tests drive (the Autobahn cases
+# through `kosoku`, Python's `websockets` client), in a virtual environment
+# under target/. CI (.ci/run) calls this script; so can you, on a fresh machine.
 # Arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
+fi
+
+if ! command -v redis-server >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+        echo "scripts/test.sh: the cluster tests need redis-server; install it" \
+            "(Debian: sudo apt-get install redis-server) and run this again" >&2
+        exit 1
+    fi
 fi
 
 venv="${SWITCHYARD_TEST_VENV:-$PWD/target/test-venv}"

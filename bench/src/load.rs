@@ -72,8 +72,11 @@ struct Window {
 /// CPU use over the measured window.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuUse {
-    /// CPU time the server used.
+    /// CPU time the server used (every server, when several share the
+    /// load).
     pub server: Duration,
+    /// CPU time the broker (Redis) used, when servers share one.
+    pub broker: Duration,
     /// CPU time this process (the load generator) used.
     pub client: Duration,
     /// CPU time the whole machine used: server, client, the kernel's
@@ -86,12 +89,19 @@ impl Window {
     /// CPU use, and tells the tasks to stop.
     async fn run(
         &self,
-        server: &ServerProcess,
+        servers: &[&ServerProcess],
+        broker: Option<u32>,
         warmup: Duration,
         duration: Duration,
     ) -> anyhow::Result<(Duration, CpuUse)> {
+        let servers_cpu =
+            || -> anyhow::Result<Duration> { servers.iter().map(|server| server.cpu_time()).sum() };
+        let broker_cpu = || -> anyhow::Result<Duration> {
+            broker.map_or(Ok(Duration::ZERO), |pid| cpu_time(&pid.to_string()))
+        };
         tokio::time::sleep(warmup).await;
-        let server_before = server.cpu_time()?;
+        let server_before = servers_cpu()?;
+        let broker_before = broker_cpu()?;
         let client_before = cpu_time("self")?;
         let machine_before = machine_busy()?;
         let start = Instant::now();
@@ -100,7 +110,8 @@ impl Window {
         self.measuring.store(false, Ordering::Relaxed);
         let elapsed = start.elapsed();
         let cpu = CpuUse {
-            server: server.cpu_time()? - server_before,
+            server: servers_cpu()? - server_before,
+            broker: broker_cpu()? - broker_before,
             client: cpu_time("self")? - client_before,
             machine: machine_busy()? - machine_before,
         };
@@ -158,7 +169,9 @@ pub async fn echo(server: &ServerProcess, spec: &EchoSpec) -> anyhow::Result<Ech
             window.clone(),
         )));
     }
-    let (elapsed, cpu) = window.run(server, spec.warmup, spec.duration).await?;
+    let (elapsed, cpu) = window
+        .run(&[server], None, spec.warmup, spec.duration)
+        .await?;
     let mut result = EchoResult {
         messages: 0,
         elapsed,
@@ -257,6 +270,16 @@ pub async fn broadcast(
     server: &ServerProcess,
     spec: &BroadcastSpec,
 ) -> anyhow::Result<BroadcastResult> {
+    broadcast_across(&[server], None, spec).await
+}
+
+/// [`broadcast`] with the clients spread over `servers` in turn (nodes of
+/// one cluster, whose broker is the process `broker`, charged separately).
+pub async fn broadcast_across(
+    servers: &[&ServerProcess],
+    broker: Option<u32>,
+    spec: &BroadcastSpec,
+) -> anyhow::Result<BroadcastResult> {
     ensure!(
         spec.message_bytes >= STAMP_BYTES,
         "broadcast messages need at least {STAMP_BYTES} bytes"
@@ -282,6 +305,7 @@ pub async fn broadcast(
     // One at a time, each reading at once: every join notice the server
     // sends is drained as it comes.
     for i in 0..spec.connections {
+        let server = servers[i % servers.len()];
         let ws = connect(server.addr, &format!("/chat/?name=c{i}"), 4096).await?;
         let (sink, stream) = ws.split();
         receivers.push(tokio::spawn(receive(
@@ -301,13 +325,21 @@ pub async fn broadcast(
     tokio::time::timeout(Duration::from_secs(30), everyone)
         .await
         .context("not every client was greeted within 30 s")?;
+    if servers.len() > 1 {
+        // Each node learns of the others' clients through the broker, in
+        // milliseconds; a broadcast before that would miss some.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 
     let senders: Vec<_> = sinks
         .into_iter()
         .enumerate()
         .map(|(index, sink)| tokio::spawn(send(sink, index, spec.message_bytes, shared.clone())))
         .collect();
-    let window = shared.window.run(server, spec.warmup, spec.duration).await;
+    let window = shared
+        .window
+        .run(servers, broker, spec.warmup, spec.duration)
+        .await;
     for sender in senders {
         sender.await??;
     }

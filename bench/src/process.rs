@@ -207,6 +207,34 @@ pub fn raise_open_file_limit() -> anyhow::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// The `serve-switchyard` child: Switchyard on `listener` with the modules
+/// in `controllers` and the settings of `config` (defaults otherwise),
+/// without hot reload; prints `listening on ADDR` once it serves.
+pub async fn serve_switchyard(
+    listener: tokio::net::TcpListener,
+    controllers: std::path::PathBuf,
+    config: Option<&Path>,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let base = match config {
+        Some(file) => switchyard::Config::load(file)?,
+        None => switchyard::Config::default(),
+    };
+    let config = switchyard::Config {
+        listen: addr,
+        controllers,
+        hot_reload: false,
+        ..base
+    };
+    let server = switchyard::Server::new(config).await?;
+    if let Some(err) = server.rejected().first() {
+        bail!("{err}");
+    }
+    println!("listening on {addr}");
+    server.serve(listener, std::future::pending()).await;
+    Ok(())
+}
+
 /// Serves until stdin closes: the parent closes it (or dies) to stop us.
 pub fn exit_when_stdin_closes() {
     std::thread::spawn(|| {

@@ -122,6 +122,9 @@ impl Admin {
         let metrics = self.runtime.metrics();
         let (used, slots) = self.runtime.instances_in_use();
         metrics.pool(used, slots.unwrap_or(0));
+        if let Some(cluster) = self.runtime.cluster() {
+            cluster.refresh_metrics();
+        }
         Answer {
             status: 200,
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -138,13 +141,25 @@ impl Admin {
         if !self.accepting.load(Ordering::Acquire) {
             problems.push("not accepting connections (starting or shutting down)".to_owned());
         }
-        if problems.is_empty() {
-            Answer::json(200, serde_json::json!({"ready": true, "routes": routes}))
-        } else {
-            Answer::json(
-                503,
-                serde_json::json!({"ready": false, "routes": routes, "problems": problems}),
-            )
+        // A broker outage does not make a node unready: it still serves its
+        // own clients, and every node would be taken out at once. It shows
+        // here and in the metrics.
+        let cluster = self.runtime.cluster().map(|cluster| {
+            serde_json::json!({
+                "node": cluster.node(),
+                "broker": if cluster.broker_up() { "up" } else { "down" },
+                "peers": cluster.peers(),
+                "remote_connections": cluster.remote_connections(),
+            })
+        });
+        let mut body = serde_json::json!({"ready": problems.is_empty(), "routes": routes});
+        if !problems.is_empty() {
+            body["problems"] = problems.into();
         }
+        if let Some(cluster) = cluster {
+            body["cluster"] = cluster;
+        }
+        let status = if body["ready"] == true { 200 } else { 503 };
+        Answer::json(status, body)
     }
 }

@@ -173,6 +173,103 @@ pub struct Config {
     pub admin: Admin,
     /// How log lines look.
     pub log_format: LogFormat,
+    /// Several nodes serving one application over Redis; off (one node, no
+    /// broker) when the section is absent.
+    pub cluster: Option<Cluster>,
+}
+
+/// `[cluster]`: this node's place in a cluster of Switchyard nodes that
+/// share broadcasts, groups and presence through one Redis server (see
+/// `host/src/cluster/mod.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// The broker, e.g. `redis://127.0.0.1:6379/`.
+    pub redis_url: String,
+    /// This node's name in the cluster, unique among the live nodes.
+    /// Empty (the default): `<host name>-<process id>-<random>`, new at
+    /// every start.
+    pub node_id: String,
+    /// Prefix of every Redis key and channel, so that several applications
+    /// can share one Redis.
+    pub prefix: String,
+    /// How often this node says it is alive and reads which nodes are.
+    pub heartbeat_ms: u64,
+    /// A node silent this long is dead: its connections leave every other
+    /// node's view within this plus `heartbeat_ms`.
+    pub node_timeout_ms: u64,
+    /// How often a lost broker connection is retried (and the one log
+    /// line saying so is written).
+    pub retry_ms: u64,
+    /// How often every other node's connections are read again in full,
+    /// which bounds how long a lost presence update can leave the view
+    /// wrong.
+    pub resync_ms: u64,
+    /// Messages waiting to go to the broker, and messages from the broker
+    /// waiting to be delivered here; beyond either, messages are dropped
+    /// and counted.
+    pub queue_messages: usize,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            redis_url: "redis://127.0.0.1:6379/".to_owned(),
+            node_id: String::new(),
+            prefix: "switchyard".to_owned(),
+            heartbeat_ms: 1000,
+            node_timeout_ms: 5000,
+            retry_ms: 2000,
+            resync_ms: 30_000,
+            queue_messages: 65_536,
+        }
+    }
+}
+
+impl Cluster {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("cluster.heartbeat_ms", self.heartbeat_ms),
+            ("cluster.retry_ms", self.retry_ms),
+            ("cluster.resync_ms", self.resync_ms),
+            ("cluster.queue_messages", self.queue_messages as u64),
+        ] {
+            ensure!(value > 0, "`{key}` must be greater than 0");
+        }
+        ensure!(
+            self.node_timeout_ms >= 2 * self.heartbeat_ms,
+            "`cluster.node_timeout_ms` ({}) must be at least twice `cluster.heartbeat_ms` ({}) \
+             so that one late heartbeat does not make a live node look dead",
+            self.node_timeout_ms,
+            self.heartbeat_ms
+        );
+        ensure!(
+            self.redis_url.starts_with("redis://")
+                || self.redis_url.starts_with("rediss://")
+                || self.redis_url.starts_with("redis+unix://")
+                || self.redis_url.starts_with("unix://"),
+            "`cluster.redis_url` ({:?}) must be a Redis URL such as redis://127.0.0.1:6379/",
+            self.redis_url
+        );
+        if let Err(err) = redis::Client::open(self.redis_url.as_str()) {
+            ensure!(
+                false,
+                "`cluster.redis_url` ({:?}) is not a usable Redis URL: {err}",
+                self.redis_url
+            );
+        }
+        ensure!(
+            !self.prefix.is_empty() && !self.prefix.contains(char::is_whitespace),
+            "`cluster.prefix` ({:?}) must be a non-empty word",
+            self.prefix
+        );
+        ensure!(
+            !self.node_id.contains(char::is_whitespace),
+            "`cluster.node_id` ({:?}) must not contain spaces",
+            self.node_id
+        );
+        Ok(())
+    }
 }
 
 /// The admin listener: Prometheus metrics at `/metrics`, `/healthz` and
@@ -375,6 +472,7 @@ impl Default for Config {
             module_cache: PathBuf::from(".switchyard/modules"),
             admin: Admin::default(),
             log_format: LogFormat::Text,
+            cluster: None,
         }
     }
 }
@@ -743,6 +841,9 @@ impl Config {
             self.sandbox.state_value_bytes,
             self.sandbox.state_total_bytes
         );
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         Ok(())
     }
 }

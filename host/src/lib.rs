@@ -14,6 +14,7 @@
 
 mod admin;
 pub mod builder;
+mod cluster;
 pub mod config;
 pub mod metrics;
 pub mod reload;

@@ -97,6 +97,15 @@ struct ServeArgs {
     /// 127.0.0.1:9090 (default: the config's `[admin] listen`, else off).
     #[arg(long)]
     admin_listen: Option<std::net::SocketAddr>,
+    /// Join a cluster through this Redis server, e.g.
+    /// redis://127.0.0.1:6379/ (default: the config's `[cluster]`, else
+    /// one node on its own).
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// This node's id in the cluster (default: the config's
+    /// `cluster.node_id`, else derived from the host name and process).
+    #[arg(long)]
+    node_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -136,6 +145,15 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(addr) = args.admin_listen {
         config.admin.listen = Some(addr);
+    }
+    if let Some(url) = &args.redis {
+        config.cluster.get_or_insert_default().redis_url = url.clone();
+    }
+    if let Some(node) = &args.node_id {
+        let cluster = config.cluster.as_mut().context(
+            "--node-id names this node in a cluster: pass --redis URL too, or add a [cluster] section",
+        )?;
+        cluster.node_id = node.clone();
     }
     config.controllers = config.controllers_dir()?;
     Ok(config)

@@ -317,6 +317,53 @@ impl EncodeMetric for Durations {
     }
 }
 
+/// Why a message between nodes was dropped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabel {
+    /// `broker_down`, `queue_full` (to the broker) or `inbound_full`
+    /// (from it).
+    reason: &'static str,
+}
+
+/// The cluster's series (`switchyard_cluster_*`), registered when the
+/// server is part of one.
+#[derive(Clone)]
+pub struct ClusterMetrics {
+    /// 1 while the broker is connected.
+    pub broker_up: Gauge,
+    /// Live nodes, this one included, as the last heartbeat found them.
+    pub nodes: Gauge,
+    /// Connections on other nodes in this node's view.
+    pub remote_connections: Gauge,
+    /// Messages published to other nodes.
+    pub sent: Counter,
+    /// Messages received from other nodes.
+    pub received: Counter,
+    /// Full reads of another node's presence.
+    pub resyncs: Counter,
+    dropped: Family<DropLabel, Counter>,
+}
+
+impl ClusterMetrics {
+    /// A message to or from another node was dropped, for `reason`.
+    pub fn dropped(&self, reason: &'static str) {
+        self.dropped.get_or_create(&DropLabel { reason }).inc();
+    }
+
+    /// Unregistered handles, for code that runs outside a server.
+    pub fn detached() -> ClusterMetrics {
+        ClusterMetrics {
+            broker_up: Gauge::default(),
+            nodes: Gauge::default(),
+            remote_connections: Gauge::default(),
+            sent: Counter::default(),
+            received: Counter::default(),
+            resyncs: Counter::default(),
+            dropped: Family::default(),
+        }
+    }
+}
+
 /// Every metric family of one server.
 pub struct Metrics {
     registry: Registry,
@@ -454,6 +501,48 @@ impl Metrics {
             pool_used,
             pool_slots,
         }
+    }
+
+    /// Registers the cluster's series and returns their handles.
+    pub fn register_cluster(&mut self) -> ClusterMetrics {
+        let cluster = ClusterMetrics::detached();
+        let registry = self.registry.sub_registry_with_prefix("cluster");
+        registry.register(
+            "broker_up",
+            "1 while the cluster's broker (Redis) is connected",
+            cluster.broker_up.clone(),
+        );
+        registry.register(
+            "nodes",
+            "Live nodes of the cluster, this one included",
+            cluster.nodes.clone(),
+        );
+        registry.register(
+            "remote_connections",
+            "Connections served by other nodes, as this node knows them",
+            cluster.remote_connections.clone(),
+        );
+        registry.register(
+            "messages_sent",
+            "Messages published to other nodes' inboxes",
+            cluster.sent.clone(),
+        );
+        registry.register(
+            "messages_received",
+            "Messages received from other nodes",
+            cluster.received.clone(),
+        );
+        registry.register(
+            "presence_reads",
+            "Full reads of another node's connections",
+            cluster.resyncs.clone(),
+        );
+        registry.register(
+            "dropped",
+            "Messages between nodes dropped (broker down, queue full), never retried",
+            cluster.dropped.clone(),
+        );
+        cluster
     }
 
     /// The handles of route `name`, resolved once.

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use crate::admin::Admin;
+use crate::cluster::Cluster;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::reload::{self, Registry, ReloadEvent, Routes};
@@ -133,6 +134,24 @@ pub struct Server {
     metrics: Arc<Metrics>,
     /// The admin listener and what it answers from, when configured.
     admin: Option<(Arc<Admin>, TcpListener)>,
+    /// The cluster this node is part of, if any.
+    cluster: Option<Arc<Cluster>>,
+}
+
+/// Where connection ids come from: a counter from 1, or in a cluster the
+/// cluster's (unique across nodes).
+enum ConnIds {
+    Counter(AtomicU64),
+    Cluster(Arc<Cluster>),
+}
+
+impl ConnIds {
+    fn next(&self) -> u64 {
+        match self {
+            ConnIds::Counter(next) => next.fetch_add(1, Ordering::Relaxed),
+            ConnIds::Cluster(cluster) => cluster.next_id(),
+        }
+    }
 }
 
 /// Why a server cannot start.
@@ -195,7 +214,9 @@ impl Server {
                  so that other sites cannot open sockets with your users' cookies"
             );
         }
-        let runtime = Runtime::new(config.clone()).map_err(|err| ServeError::Engine(err.into()))?;
+        let runtime =
+            Runtime::serving(config.clone()).map_err(|err| ServeError::Engine(err.into()))?;
+        let cluster = runtime.cluster().cloned();
         // Watch before the first scan so no change slips between the two.
         let watcher = if config.hot_reload {
             Some(
@@ -245,6 +266,7 @@ impl Server {
             guard,
             metrics,
             admin,
+            cluster,
         })
     }
 
@@ -284,6 +306,7 @@ impl Server {
             guard,
             metrics,
             admin,
+            cluster,
             ..
         } = self;
         let admin = admin.map(|(admin, listener)| {
@@ -305,7 +328,10 @@ impl Server {
             });
             watcher
         });
-        let next_id = Arc::new(AtomicU64::new(1));
+        let next_id = Arc::new(match &cluster {
+            Some(cluster) => ConnIds::Cluster(cluster.clone()),
+            None => ConnIds::Counter(AtomicU64::new(1)),
+        });
         let admission = Admission::new(config.clone());
         tokio::pin!(shutdown);
         let mut backoff = AcceptBackoff::default();
@@ -370,6 +396,9 @@ impl Server {
                 "shutdown timeout: dropping remaining connections"
             );
         }
+        if let Some(cluster) = cluster {
+            cluster.leave().await;
+        }
         if let Some((_, task)) = admin {
             task.abort();
         }
@@ -380,7 +409,7 @@ impl Server {
 struct Accepted {
     config: Arc<Config>,
     routes: Arc<ArcSwap<Routes>>,
-    next_id: Arc<AtomicU64>,
+    next_id: Arc<ConnIds>,
     admission: Arc<Admission>,
     guard: Arc<Guard>,
     stopping: connection::Shutdown,
@@ -548,7 +577,7 @@ impl Accepted {
             debug!(peer = %self.peer, route = %module.name, reason = %reason, "token ignored on a public route");
         }
         let permit = self.admission.admit(&module.name, self.peer.ip())?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id.next();
         let lease = route.lease(&matched.params, id)?;
         Ok(Admitted {
             id,

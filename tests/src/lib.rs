@@ -637,6 +637,8 @@ pub async fn python_clients(script: &str, args: &[&str]) -> Vec<serde_json::Valu
 pub struct AloneServer {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its admin listener listens, when the config has one.
+    pub admin: Option<SocketAddr>,
     child: tokio::process::Child,
     stderr: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
@@ -690,6 +692,15 @@ impl AloneServer {
             panic!("serve_alone did not start ({started:?}, {line:?}): {stderr}");
         };
         let addr = addr.parse().unwrap();
+        let mut admin = None;
+        if config.contains("[admin]") {
+            line.clear();
+            let _ = tokio::time::timeout(WAIT, stdout.read_line(&mut line)).await;
+            admin = line
+                .trim()
+                .strip_prefix("admin on ")
+                .map(|a| a.parse().unwrap());
+        }
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut lines = tokio::io::BufReader::new(errors).lines();
         let log = stderr.clone();
@@ -702,6 +713,7 @@ impl AloneServer {
         });
         AloneServer {
             addr,
+            admin,
             child,
             stderr,
             _dir: dir,
@@ -776,4 +788,147 @@ impl AloneServer {
         drop(self.child.stdin.take());
         let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
     }
+
+    /// Kills it (SIGKILL): no shutdown, no goodbye.
+    pub async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        let _ = tokio::time::timeout(WAIT, self.child.wait()).await;
+    }
+
+    /// Sends it `signal` (`STOP`, `CONT`, …).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the server is running");
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// Its admin listener's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let admin = self.admin.expect("the config has an [admin] listener");
+        let (status, body) = http_get(admin, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until `series` has `value` in its `/metrics`; returns them.
+    pub async fn wait_for_metric(&self, series: &str, value: f64) -> String {
+        let mut last = String::new();
+        let reached = tokio::time::timeout(WAIT, async {
+            loop {
+                last = self.metrics().await;
+                if metric_value(&last, series) == Some(value) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            reached.is_ok(),
+            "{series} never became {value}:\n{last}\nlog:\n{}",
+            self.log()
+        );
+        last
+    }
+}
+
+/// A real `redis-server` on a free port of this machine, with nothing
+/// saved to disk; killed when dropped.
+pub struct RedisServer {
+    /// Its port.
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts one on a free port.
+    pub fn start() -> RedisServer {
+        let mut redis = RedisServer {
+            port: free_port(),
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// A free port on which nothing listens yet.
+    pub fn unstarted() -> RedisServer {
+        RedisServer {
+            port: free_port(),
+            child: None,
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts it (again) on its port, empty, and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis-server is running");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "cannot run redis-server ({err}): install it (Debian: apt-get install \
+                     redis-server), or run scripts/test.sh, which does"
+                )
+            });
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if self.answers() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on port {} never answered PING",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it (SIGKILL) and waits for it to end.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut answer = [0; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port nothing listens on now (the system's pick, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -706,25 +706,7 @@ fn child(child: Child) -> anyhow::Result<()> {
             Child::ServeSwitchyard {
                 controllers,
                 config,
-            } => {
-                let base = match config {
-                    Some(file) => switchyard::Config::load(&file)?,
-                    None => switchyard::Config::default(),
-                };
-                let config = switchyard::Config {
-                    listen: addr,
-                    controllers,
-                    hot_reload: false,
-                    ..base
-                };
-                let server = switchyard::Server::new(config).await?;
-                if let Some(err) = server.rejected().first() {
-                    anyhow::bail!("{err}");
-                }
-                println!("listening on {addr}");
-                server.serve(listener, std::future::pending()).await;
-                Ok(())
-            }
+            } => process::serve_switchyard(listener, controllers, config.as_deref()).await,
         }
     })
 }

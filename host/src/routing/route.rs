@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use crate::cluster::Scope;
 use crate::config::InstanceMode;
 use crate::metrics::RouteMetrics;
 use crate::runtime::host_api::HostOwned;
@@ -182,17 +183,18 @@ impl RouteHandle {
     /// A route serving `module`; a shared route starts its instance now.
     pub fn new(runtime: Arc<Runtime>, module: Arc<Module>) -> Arc<RouteHandle> {
         let metrics = runtime.metrics().route(&module.name);
+        let shared = runtime.route_shared(&module.name, metrics);
         let route = Arc::new(RouteHandle {
             runtime,
             module: ArcSwap::new(module.clone()),
-            shared: RouteShared::new(metrics),
+            shared,
             instances: Mutex::new(Instances::default()),
         });
         if module.instance == InstanceMode::Shared {
             // A shared instance is part of loading the module: it takes a
             // pool place when one is free but is never refused for it.
             let slot = route.runtime.reserve_instance();
-            let handle = route.instance(module, route.runtime.new_kv(), slot);
+            let handle = route.instance(module, route.runtime.new_kv(), slot, Scope::Route);
             handle.start();
             route
                 .lock()
@@ -211,8 +213,9 @@ impl RouteHandle {
         module: Arc<Module>,
         kv: SharedKv,
         slot: Option<InstanceSlot>,
+        scope: Scope,
     ) -> Arc<ControllerInstance> {
-        let owned = HostOwned::new(kv, self.shared.clone());
+        let owned = HostOwned::new(kv, self.shared.clone(), scope);
         ControllerInstance::new(self.runtime.clone(), module, owned, slot)
     }
 
@@ -284,7 +287,12 @@ impl RouteHandle {
             InstanceKey::Keyed(value) => instances.take_kv(value, || self.runtime.new_kv()),
             _ => self.runtime.new_kv(),
         };
-        let handle = self.instance(module, kv, Some(slot));
+        let scope = match &key {
+            InstanceKey::Shared => Scope::Route,
+            InstanceKey::Keyed(value) => Scope::Key(value.clone()),
+            InstanceKey::Connection(_) => Scope::Own,
+        };
+        let handle = self.instance(module, kv, Some(slot), scope);
         instances.live.insert(
             key.clone(),
             Leased {

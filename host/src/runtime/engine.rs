@@ -20,13 +20,14 @@ use wasmtime::{
     UpdateDeadline,
 };
 
+use crate::cluster::{Cluster, Scope};
 use crate::config::Config;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::runtime::bindings::Controller;
 use crate::runtime::cache::{Compiled, ModuleCache};
 use crate::runtime::host_api::{GuestSizes, HostOwned, HostState};
 use crate::runtime::kv::{KvStore, SharedKv};
-use crate::runtime::shared::RouteShared;
+use crate::runtime::shared::{LocalRoutes, RouteShared};
 
 /// Time between two epoch ticks: the granularity of the CPU budget.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -54,12 +55,27 @@ pub struct Runtime {
     metrics: Arc<Metrics>,
     /// Compiled modules on disk (`module_cache`), when on.
     cache: Option<ModuleCache>,
+    /// The cluster this node is part of (`[cluster]`), for a server.
+    cluster: Option<Arc<Cluster>>,
+    /// This node's routes by name, for what other nodes send them.
+    local: Arc<LocalRoutes>,
 }
 
 impl Runtime {
     /// An engine and linker for `config`, and a thread ticking the epoch
-    /// until the engine is dropped.
+    /// until the engine is dropped. Never joins a cluster: for loading and
+    /// checking modules.
     pub fn new(config: Arc<Config>) -> anyhow::Result<Arc<Runtime>> {
+        Self::build(config, false)
+    }
+
+    /// Like [`Runtime::new`], and joins the cluster when `[cluster]` is
+    /// set: for a server. Must run within a tokio runtime.
+    pub fn serving(config: Arc<Config>) -> anyhow::Result<Arc<Runtime>> {
+        Self::build(config, true)
+    }
+
+    fn build(config: Arc<Config>, join: bool) -> anyhow::Result<Arc<Runtime>> {
         let mut wasm = wasmtime::Config::new();
         wasm.wasm_component_model(true).epoch_interruption(true);
         let mut max_instances = None;
@@ -99,6 +115,15 @@ impl Runtime {
             .context("starting the epoch thread")?;
 
         let tick_ms = EPOCH_TICK.as_millis() as u64;
+        let mut metrics = Metrics::new();
+        let local = Arc::new(LocalRoutes::default());
+        let cluster = match (&config.cluster, join) {
+            (Some(cluster), true) => Some(
+                Cluster::start(cluster, local.clone(), metrics.register_cluster())
+                    .context("`cluster.redis_url`")?,
+            ),
+            _ => None,
+        };
         Ok(Arc::new(Runtime {
             config: config.clone(),
             live_instances: Arc::new(AtomicUsize::new(0)),
@@ -107,11 +132,13 @@ impl Runtime {
             budget_ticks: config.sandbox.event_budget_ms.div_ceil(tick_ms).max(1),
             max_memory_bytes: config.sandbox.max_memory_bytes,
             sizes: GuestSizes::of(&config),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(metrics),
             cache: config
                 .module_cache()
                 .map(|root| ModuleCache::new(root, &engine)),
             engine,
+            cluster,
+            local,
         }))
     }
 
@@ -183,7 +210,19 @@ impl Runtime {
 
     /// Host-owned state for a store that serves no route (loading a module).
     pub fn detached_owned(&self) -> HostOwned {
-        HostOwned::new(self.new_kv(), RouteShared::new(RouteMetrics::detached()))
+        let shared = RouteShared::new("", RouteMetrics::detached(), None, &self.local);
+        HostOwned::new(self.new_kv(), shared, Scope::Own)
+    }
+
+    /// State shared by the instances of route `name`, reachable from the
+    /// other nodes of the cluster, if any.
+    pub fn route_shared(&self, name: &str, metrics: Arc<RouteMetrics>) -> Arc<RouteShared> {
+        RouteShared::new(name, metrics, self.cluster.clone(), &self.local)
+    }
+
+    /// The cluster this server is part of, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
     }
 
     /// A store for one instance of the controller `route`, owning `owned`,

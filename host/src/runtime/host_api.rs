@@ -14,6 +14,7 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::cluster::Scope;
 use crate::runtime::bindings::switchyard::controller::types::{HostError, LogLevel};
 use crate::runtime::bindings::switchyard::controller::{host, types};
 use crate::runtime::bindings::{Connection, Message};
@@ -41,16 +42,20 @@ pub struct HostOwned {
     pub kv: SharedKv,
     /// Route-wide state: every connection, groups, attachments.
     pub route: Arc<RouteShared>,
+    /// Which of the route's connections, on any node, `broadcast` and
+    /// `connections` reach.
+    pub scope: Scope,
 }
 
 impl HostOwned {
     /// No connections yet.
-    pub fn new(kv: SharedKv, route: Arc<RouteShared>) -> HostOwned {
+    pub fn new(kv: SharedKv, route: Arc<RouteShared>, scope: Scope) -> HostOwned {
         HostOwned {
             conns: ConnTable::new(),
             infos: HashMap::new(),
             kv,
             route,
+            scope,
         }
     }
 
@@ -61,6 +66,7 @@ impl HostOwned {
             infos: std::mem::take(&mut self.infos),
             kv: self.kv.clone(),
             route: self.route.clone(),
+            scope: self.scope.clone(),
         }
     }
 
@@ -206,7 +212,17 @@ impl host::Host for HostState {
 
     fn send(&mut self, to: u64, msg: Message) -> Result<(), HostError> {
         let frame = self.sizes.frame(msg)?;
-        self.own(to)?.push(frame).map_err(host_error)
+        match self.own(to) {
+            Ok(conn) => conn.push(frame).map_err(host_error),
+            Err(err) => {
+                let owned = &self.owned;
+                let cluster = owned.route.cluster.as_ref().ok_or(err)?;
+                match cluster.send(&owned.route.name, &owned.scope, to, &frame) {
+                    true => Ok(()),
+                    false => Err(err),
+                }
+            }
+        }
     }
 
     fn broadcast(&mut self, msg: Message, except: Option<u64>) -> Result<u32, HostError> {
@@ -220,23 +236,38 @@ impl host::Host for HostState {
                 queued += 1;
             }
         }
-        self.owned
-            .route
-            .metrics
-            .deliveries
-            .inc_by(u64::from(queued));
+        let owned = &self.owned;
+        owned.route.metrics.deliveries.inc_by(u64::from(queued));
+        if let Some(cluster) = &owned.route.cluster {
+            queued += cluster.broadcast(&owned.route.name, &owned.scope, &frame, except);
+        }
         Ok(queued)
     }
 
     fn connections(&mut self) -> Vec<u64> {
-        self.owned.conns.keys().copied().collect()
+        let owned = &self.owned;
+        let mut ids: Vec<u64> = owned.conns.keys().copied().collect();
+        if let Some(cluster) = &owned.route.cluster {
+            ids.extend(cluster.connections(&owned.route.name, &owned.scope));
+        }
+        ids
     }
 
     fn close(&mut self, conn: u64, code: u16, reason: String) -> Result<(), HostError> {
         if !close_code_valid(code) {
             return Err(HostError::InvalidCloseCode);
         }
-        self.own(conn)?.close(code, &reason).map_err(host_error)
+        match self.own(conn) {
+            Ok(handle) => handle.close(code, &reason).map_err(host_error),
+            Err(err) => {
+                let owned = &self.owned;
+                let cluster = owned.route.cluster.as_ref().ok_or(err)?;
+                match cluster.close(&owned.route.name, &owned.scope, conn, code, &reason) {
+                    true => Ok(()),
+                    false => Err(err),
+                }
+            }
+        }
     }
 
     fn log(&mut self, level: LogLevel, message: String) {

@@ -392,13 +392,14 @@ impl InstanceState {
                 let id = info.id;
                 let record = Connection::from(&*info);
                 let owned = &mut store.data_mut().owned;
-                owned.route.register(id, handle.clone());
+                owned.route.register(id, handle.clone(), &owned.scope);
                 owned.conns.insert(id, handle);
                 owned.infos.insert(id, info);
                 runtime.arm_budget(store);
                 let started = Instant::now();
                 let result = controller.call_on_open(&mut *store, &record).await;
                 timed(store, EventKind::open, started);
+                store.data().owned.route.announce(id);
                 (id, result.map(|reply| self.reply(conn, reply)))
             }
             Event::Message { id, msg } => {

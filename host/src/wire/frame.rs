@@ -94,6 +94,11 @@ impl Frame {
         }
     }
 
+    /// Whether it is a text frame.
+    pub fn is_text(&self) -> bool {
+        self.head[0] & 0x0f == opcode::TEXT
+    }
+
     /// The payload's size in bytes (what the outbound limits count).
     pub fn len(&self) -> usize {
         self.payload.len()

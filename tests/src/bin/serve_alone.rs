@@ -1,7 +1,8 @@
 //! A server in a process of its own, for tests that change what the whole
 //! process may use, such as its open-file limit: `serve_alone CONFIG`
 //! serves like `switchyard serve --config CONFIG`, prints
-//! `listening on ws://ADDR`, logs to stderr (`SWITCHYARD_LOG`, default
+//! `listening on ws://ADDR` (then `admin on ADDR` when the config has an
+//! admin listener), logs to stderr (`SWITCHYARD_LOG`, default
 //! info) and stops when its standard input closes.
 
 use anyhow::Context as _;
@@ -22,11 +23,15 @@ async fn main() -> anyhow::Result<()> {
         .context("usage: serve_alone CONFIG")?;
     let config = switchyard::Config::load(path.as_ref())?;
     let listener = switchyard::bind(config.listen)?;
+    let server = switchyard::Server::new(config).await?;
     println!("listening on ws://{}", listener.local_addr()?);
+    if let Some(admin) = server.admin_addr() {
+        println!("admin on {admin}");
+    }
     let stdin_closed = async {
         let mut sink = Vec::new();
         let _ = tokio::io::stdin().read_to_end(&mut sink).await;
     };
-    switchyard::serve(listener, config, stdin_closed).await?;
+    server.serve(listener, stdin_closed).await;
     Ok(())
 }
