@@ -892,6 +892,37 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_section_is_off_by_default_and_checked_when_present() {
+        assert!(Config::from_toml("").unwrap().cluster.is_none());
+        let config = Config::from_toml("[cluster]\nnode_id = \"a\"\n").unwrap();
+        config.validate().unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.redis_url, "redis://127.0.0.1:6379/");
+        assert_eq!(
+            (cluster.node_id.as_str(), cluster.prefix.as_str()),
+            ("a", "switchyard")
+        );
+        for (text, key) in [
+            ("redis_url = \"http://x\"", "cluster.redis_url"),
+            ("redis_url = \"redis://[::1\"", "cluster.redis_url"),
+            (
+                "heartbeat_ms = 1000\nnode_timeout_ms = 1500",
+                "cluster.node_timeout_ms",
+            ),
+            ("prefix = \"\"", "cluster.prefix"),
+            ("node_id = \"a b\"", "cluster.node_id"),
+            ("queue_messages = 0", "cluster.queue_messages"),
+        ] {
+            let err = Config::from_toml(&format!("[cluster]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = Config::from_toml("[cluster]\nredis = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("redis"), "{err}");
+    }
+
+    #[test]
     fn a_route_changes_only_the_compression_keys_it_sets() {
         let config = Config::from_toml(
             r#"

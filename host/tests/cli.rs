@@ -88,6 +88,28 @@ fn config_errors_name_the_key() {
     assert!(stderr.contains("switchyard.toml"), "{stderr}");
     let stderr = serve_fails_with_config("[sandbox]\nevent_budget_ms = 0\n");
     assert!(stderr.contains("sandbox.event_budget_ms"), "{stderr}");
+    let stderr = serve_fails_with_config("[cluster]\nnode_timeout_ms = 10\n");
+    assert!(stderr.contains("cluster.node_timeout_ms"), "{stderr}");
+}
+
+#[test]
+fn cluster_flags_are_checked_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |args: &[&str]| {
+        let output = switchyard()
+            .args(["serve", "--listen", "127.0.0.1:0", "--controllers"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let stderr = serve(&["--node-id", "a"]);
+    assert!(stderr.contains("--redis"), "{stderr}");
+    let stderr = serve(&["--redis", "http://127.0.0.1:6379"]);
+    assert!(stderr.contains("cluster.redis_url"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
 #[test]
