@@ -241,7 +241,12 @@ fn main() -> anyhow::Result<()> {
 
 fn spread(values: &[f64]) -> String {
     let (low, high) = min_max(values);
-    format!("{:.3} ({:.3}–{:.3})", median(values.to_vec()), low, high)
+    let mid = median(values.to_vec());
+    if mid >= 1000.0 {
+        format!("{mid:.0} ({low:.0}–{high:.0})")
+    } else {
+        format!("{mid:.3} ({low:.3}–{high:.3})")
+    }
 }
 
 fn print_round(round: usize, setup: &str, r: &Round) {

@@ -158,10 +158,10 @@ impl Session {
             .await?;
         let mut pubsub = tokio::time::timeout(wait, cluster.client.get_async_pubsub())
             .await
-            .map_err(|_| timed_out("connecting for pub/sub"))??;
+            .map_err(|_| broken(std::io::ErrorKind::TimedOut, "connecting for pub/sub timed out"))??;
         tokio::time::timeout(wait, pubsub.subscribe(cluster.key("inbox", &cluster.node)))
             .await
-            .map_err(|_| timed_out("subscribing"))??;
+            .map_err(|_| broken(std::io::ErrorKind::TimedOut, "subscribing timed out"))??;
         let mut stream = pubsub.into_on_message();
         let reader = {
             let cluster = cluster.clone();
@@ -233,7 +233,7 @@ impl Session {
                     }
                     _ = beat.tick() => self.heartbeat(cluster).await?,
                     () = cluster.resync.notified() => {}
-                    _ = &mut reader => return Err(timed_out("the inbox subscription ended")),
+                    _ = &mut reader => return Err(broken(std::io::ErrorKind::ConnectionAborted, "the inbox subscription ended")),
                 }
                 if cluster.reannounce.swap(false, Ordering::AcqRel) {
                     self.announce(cluster).await?;
@@ -396,7 +396,7 @@ impl Session {
             let known: Vec<Arc<str>> = view.nodes().cloned().collect();
             for gone in known.iter().filter(|n| !live.contains(n)) {
                 if judge {
-                    info!(node, other = %gone, "a node stopped beating: its connections are forgotten");
+                    info!(node = %node, other = %gone, "a node stopped beating: its connections are forgotten");
                     view.forget_node(gone);
                 }
             }
@@ -487,11 +487,8 @@ fn parse_presence(fields: &HashMap<String, Vec<u8>>) -> Option<(u64, u64, Vec<Me
     Some((incarnation, seq, members))
 }
 
-fn timed_out(what: &str) -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        what.to_owned(),
-    ))
+fn broken(kind: std::io::ErrorKind, what: &str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(kind, what.to_owned()))
 }
 
 const _: () = assert!(TAG_BITS + COUNTER_BITS == 64);
