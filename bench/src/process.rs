@@ -26,6 +26,8 @@ pub enum ServerKind {
     /// ([`crate::native`] with a probe): what the WebAssembly layer alone
     /// adds to it.
     NativeWasm,
+    /// Node's `ws` (`bench/node/server.mjs`), run with the system's `node`.
+    NodeWs,
 }
 
 impl ServerKind {
@@ -35,6 +37,7 @@ impl ServerKind {
             ServerKind::Native => "native",
             ServerKind::Switchyard => "switchyard",
             ServerKind::NativeWasm => "native+wasm",
+            ServerKind::NodeWs => "node-ws",
         }
     }
 }
@@ -57,9 +60,12 @@ impl ServerProcess {
         controllers: &Path,
         config: Option<&Path>,
     ) -> anyhow::Result<ServerProcess> {
-        let exe = std::env::current_exe().context("cannot find the bench executable")?;
-        let mut command = Command::new(exe);
+        let mut command = match kind {
+            ServerKind::NodeWs => Command::new("node"),
+            _ => Command::new(std::env::current_exe().context("cannot find the bench executable")?),
+        };
         match kind {
+            ServerKind::NodeWs => command.arg(node_dir().join("server.mjs")),
             ServerKind::Native => command.arg("serve-native"),
             ServerKind::NativeWasm => command
                 .arg("serve-native")
@@ -70,7 +76,7 @@ impl ServerProcess {
                 .arg("--controllers")
                 .arg(controllers),
         };
-        if kind != ServerKind::Native
+        if matches!(kind, ServerKind::Switchyard | ServerKind::NativeWasm)
             && let Some(file) = config
         {
             command.arg("--config").arg(file);
@@ -137,6 +143,35 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The folder of the Node's `ws` server (`bench/node`).
+fn node_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("node")
+}
+
+/// Makes Node's `ws` server runnable: checks for `node` and installs `ws`
+/// into `bench/node/node_modules` with npm when it is not there yet. The
+/// error says what is missing.
+pub fn prepare_node_ws() -> anyhow::Result<()> {
+    let dir = node_dir();
+    let version = Command::new("node").arg("--version").output();
+    match version {
+        Ok(out) if out.status.success() => {}
+        _ => bail!("`node` is not installed (Debian: apt-get install nodejs npm)"),
+    }
+    if dir.join("node_modules/ws/package.json").is_file() {
+        return Ok(());
+    }
+    let status = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--silent"])
+        .current_dir(&dir)
+        .status()
+        .context("`npm` is not installed (Debian: apt-get install npm)")?;
+    if !status.success() {
+        bail!("`npm install` in {} failed", dir.display());
+    }
+    Ok(())
 }
 
 /// CPU time (user + system, all threads) of process `pid` (`"self"` for

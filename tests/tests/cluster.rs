@@ -383,3 +383,20 @@ async fn a_stalled_node_does_not_slow_the_others_and_comes_back() {
     b.stop().await;
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_nodes_with_one_id_are_reported() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "twin").await;
+    let b = node(&redis, "twin").await;
+    let clash = "another live process uses this node id";
+    tokio::time::timeout(WAIT, async {
+        while !a.log().contains(clash) && !b.log().contains(clash) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no clash reported:\n{}\n{}", a.log(), b.log()));
+    a.stop().await;
+    b.stop().await;
+}

@@ -102,6 +102,12 @@ struct CompareArgs {
     /// of Switchyard does.
     #[arg(long)]
     native_wasm: bool,
+    /// Also run Node's `ws` (bench/node/server.mjs, with the system's
+    /// `node`; `ws` is installed there with npm on first use) in every
+    /// round, and report Switchyard / ws. Skipped, saying why, where
+    /// `node` or npm is missing.
+    #[arg(long)]
+    node_ws: bool,
     /// A switchyard.toml whose settings Switchyard runs with (its listen
     /// address, controllers folder and hot reload are overridden).
     /// Default: every setting at its default.
@@ -386,8 +392,17 @@ impl Runner {
         outcome.with_context(|| format!("{} against {}", self.title(scenario), kind.name()))
     }
 
-    /// The servers each round of `scenario` runs, in order.
+    /// The servers each round of `scenario` runs, in order: native,
+    /// Switchyard, then native+wasm and Node's ws when asked for.
     fn kinds(&self, scenario: Scenario) -> Vec<ServerKind> {
+        let mut kinds = self.paired_kinds(scenario);
+        if self.args.node_ws && self.args.only.is_none() {
+            kinds.push(ServerKind::NodeWs);
+        }
+        kinds
+    }
+
+    fn paired_kinds(&self, scenario: Scenario) -> Vec<ServerKind> {
         let echo = matches!(scenario, Scenario::EchoSmall | Scenario::EchoLarge);
         match self.args.only {
             None if echo && self.args.native_wasm => vec![
@@ -490,6 +505,26 @@ fn summary(title: &str, scenario: Scenario, rounds: &[Vec<Outcome>], paired: boo
         println!(
             "{title:<36} {:<20} {:>12.3} {:>12.3} {:>7.3}   {verdict}",
             metric.name, first, switchyard, ratio
+        );
+    }
+}
+
+/// Switchyard (kind 1 of each round) against the server of kind `at`.
+fn against(title: &str, scenario: Scenario, rounds: &[Vec<Outcome>], at: usize) {
+    for metric in metrics(scenario) {
+        let column = |k: usize| median(rounds.iter().map(|r| (metric.value)(&r[k])).collect());
+        let ratio = median(
+            rounds
+                .iter()
+                .map(|r| (metric.value)(&r[1]) / (metric.value)(&r[at]))
+                .collect(),
+        );
+        println!(
+            "{title:<36} {:<20} {:>12.3} {:>12.3} {:>7.3}",
+            metric.name,
+            column(at),
+            column(1),
+            ratio
         );
     }
 }
@@ -608,6 +643,16 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     println!(
         "switchyard: {settings}, hot_reload off, no log subscriber; native: tokio-tungstenite, same WebSocket limits"
     );
+    let mut args = args;
+    if args.node_ws {
+        match process::prepare_node_ws() {
+            Ok(()) => println!("node-ws: Node's ws 8.23.1 (bench/node/server.mjs), no compression"),
+            Err(err) => {
+                println!("node-ws: skipped: {err:#}");
+                args.node_ws = false;
+            }
+        }
+    }
     let runner = Runner {
         args,
         controllers,
@@ -631,9 +676,31 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     for (scenario, rounds, _) in &results {
         summary(&runner.title(*scenario), *scenario, rounds, paired);
     }
+    let ws: Vec<_> = results
+        .iter()
+        .filter_map(|(scenario, rounds, _)| {
+            let at = runner
+                .kinds(*scenario)
+                .iter()
+                .position(|k| *k == ServerKind::NodeWs)?;
+            Some((*scenario, rounds, at))
+        })
+        .collect();
+    if !ws.is_empty() {
+        println!(
+            "\n== against Node's ws: medians over rounds; ratio = median of per-round switchyard / ws"
+        );
+        println!(
+            "{:<36} {:<20} {:>12} {:>12} {:>7}",
+            "scenario", "metric", "ws", "switchyard", "ratio"
+        );
+        for (scenario, rounds, at) in ws {
+            against(&runner.title(scenario), scenario, rounds, at);
+        }
+    }
     let split: Vec<_> = results
         .iter()
-        .filter(|(_, rounds, _)| rounds.first().is_some_and(|round| round.len() == 3))
+        .filter(|(scenario, _, _)| runner.kinds(*scenario).contains(&ServerKind::NativeWasm))
         .collect();
     if !split.is_empty() {
         println!(

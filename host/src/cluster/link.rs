@@ -12,7 +12,7 @@
 //! `retry_ms`, saying so once per try.
 //!
 //! Redis keys, under `prefix`: `nodes` (a set of node ids), `alive:<node>`
-//! (its tag, expiring after `node_timeout_ms`), `presence:<node>` (a hash:
+//! (`<tag>:<incarnation>`, expiring after `node_timeout_ms`), `presence:<node>` (a hash:
 //! `inc`, `seq` and `c:<id>` per connection, expiring likewise), and the
 //! channel `inbox:<node>`.
 
@@ -142,6 +142,8 @@ struct Session {
     last_full_read: Instant,
     /// Whether the first heartbeat has run.
     registered: bool,
+    /// When a clash of node ids was last logged.
+    clash_logged: Option<Instant>,
 }
 
 impl Session {
@@ -158,7 +160,12 @@ impl Session {
             .await?;
         let mut pubsub = tokio::time::timeout(wait, cluster.client.get_async_pubsub())
             .await
-            .map_err(|_| broken(std::io::ErrorKind::TimedOut, "connecting for pub/sub timed out"))??;
+            .map_err(|_| {
+                broken(
+                    std::io::ErrorKind::TimedOut,
+                    "connecting for pub/sub timed out",
+                )
+            })??;
         tokio::time::timeout(wait, pubsub.subscribe(cluster.key("inbox", &cluster.node)))
             .await
             .map_err(|_| broken(std::io::ErrorKind::TimedOut, "subscribing timed out"))??;
@@ -183,6 +190,7 @@ impl Session {
             connected: Instant::now(),
             last_full_read: Instant::now(),
             registered: false,
+            clash_logged: None,
         };
         let opened = async {
             session.heartbeat(cluster).await?;
@@ -320,15 +328,14 @@ impl Session {
         let timeout = cluster.config.node_timeout_ms;
         let alive = cluster.key("alive", node);
         let tag = cluster.tag.load(Ordering::Relaxed) >> COUNTER_BITS;
-        let (was_alive, members): (bool, Vec<String>) = redis::pipe()
-            .cmd("EXISTS")
-            .arg(&alive)
+        let mine = format!("{tag}:{}", cluster.incarnation);
+        let (before, members): (Option<String>, Vec<String>) = redis::pipe()
             .cmd("SET")
             .arg(&alive)
-            .arg(tag)
+            .arg(&mine)
             .arg("PX")
             .arg(timeout)
-            .ignore()
+            .arg("GET")
             .cmd("SADD")
             .arg(cluster.nodes_key())
             .arg(node)
@@ -341,18 +348,35 @@ impl Session {
             .arg(cluster.nodes_key())
             .query_async(&mut self.conn)
             .await?;
-        if self.registered && !was_alive {
-            // Taken for dead (a stall longer than node_timeout_ms) or the
-            // broker lost its data: the others forgot this node.
-            warn!(
-                node,
-                "this node's heartbeat had lapsed: announcing its connections again"
-            );
-            cluster.reannounce.store(true, Ordering::Release);
+        match before {
+            None if self.registered => {
+                // Taken for dead (a stall longer than node_timeout_ms) or
+                // the broker lost its data: the others forgot this node.
+                warn!(node = %node, "this node's heartbeat had lapsed: announcing its connections again");
+                cluster.reannounce.store(true, Ordering::Release);
+            }
+            // The first heartbeat may find this node's previous run; later
+            // ones find only their own value, unless another live process
+            // beats under the same id.
+            Some(other) if self.registered && other != mine => {
+                let due = self
+                    .clash_logged
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+                if due {
+                    self.clash_logged = Some(Instant::now());
+                    tracing::error!(
+                        node = %node,
+                        "another live process uses this node id: give each node its own \
+                         `cluster.node_id` (or leave it unset to derive one); deliveries and presence \
+                         between the two are mixed up until then"
+                    );
+                }
+            }
+            _ => {}
         }
         self.registered = true;
         let others: Vec<String> = members.into_iter().filter(|m| m != node).collect();
-        let tags: Vec<Option<u64>> = if others.is_empty() {
+        let values: Vec<Option<String>> = if others.is_empty() {
             Vec::new()
         } else {
             let keys: Vec<String> = others.iter().map(|o| cluster.key("alive", o)).collect();
@@ -367,10 +391,11 @@ impl Session {
         let judge = self.connected.elapsed() >= cluster.timeout();
         let mut live: Vec<Arc<str>> = Vec::new();
         let mut dead = Vec::new();
-        for (other, their_tag) in others.into_iter().zip(tags) {
+        for (other, value) in others.into_iter().zip(values) {
+            let their_tag = value.map(|v| v.split(':').next().unwrap_or("").parse::<u64>().ok());
             match their_tag {
                 Some(their_tag) => {
-                    if their_tag == tag && *other < *node {
+                    if their_tag == Some(tag) && *other < *node {
                         let fresh = random_tag();
                         warn!(
                             node,

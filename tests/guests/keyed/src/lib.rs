@@ -4,8 +4,9 @@
 //!   instance starts from zero).
 //! - `count`: increments and returns a counter in the instance's key-value
 //!   store (host-owned: kept a while after the instance is dropped).
-//! - `spin <ms>`: logs `spin <ms> started`, busy-waits that long, then
-//!   answers `spun`.
+//! - `spin <ms>`: logs `spin <ms> started`, busy-waits that long, logs
+//!   `spin <ms> done`, then answers `spun`.
+//! - `mark <text>`: logs `mark <text>` and answers `marked`.
 //! - `work <n>`: `n` rounds of a hash computation (CPU work whose cost does
 //!   not depend on the clock), answering the result.
 //! - `connections`: `host.connections()`, scoped to this instance.
@@ -45,7 +46,12 @@ impl Controller for Keyed {
                 while Instant::now() < until {
                     std::hint::spin_loop();
                 }
+                switchyard_sdk::log(LogLevel::Info, &format!("spin {arg} done"));
                 Message::text("spun")
+            }
+            "mark" => {
+                switchyard_sdk::log(LogLevel::Info, &format!("mark {arg}"));
+                Message::text("marked")
             }
             "work" => {
                 let rounds: u64 = arg.parse().unwrap_or(0);
