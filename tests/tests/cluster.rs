@@ -15,11 +15,16 @@ const TIMINGS: &str =
 
 /// A node `id` serving the probe, keyed, chat and rooms controllers.
 async fn node(redis: &RedisServer, id: &str) -> AloneServer {
+    node_with(redis, id, TIMINGS).await
+}
+
+/// [`node`] with other `[cluster]` timings.
+async fn node_with(redis: &RedisServer, id: &str, timings: &str) -> AloneServer {
     AloneServer::start(
         SERVE_ALONE,
         &["probe", "keyed", "chat", "rooms"],
         &format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\n{TIMINGS}",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\n{timings}",
             redis.url()
         ),
         4096,
@@ -399,4 +404,24 @@ async fn two_live_nodes_with_one_id_are_reported() {
     .unwrap_or_else(|_| panic!("no clash reported:\n{}\n{}", a.log(), b.log()));
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stops_leaves_at_once() {
+    // A node timeout far beyond the test's waits: only leaving on
+    // shutdown can make the others stop counting the node in time.
+    let slow = "heartbeat_ms = 200\nnode_timeout_ms = 60000\nretry_ms = 300\n";
+    let redis = RedisServer::start();
+    let a = node_with(&redis, "a", slow).await;
+    let b = node_with(&redis, "b", slow).await;
+    let mut pa = a.connect("/probe/a").await;
+    let _pb = b.connect("/probe/b").await;
+    wait_for_connections(&mut pa, 2).await;
+    a.wait_for_metric("switchyard_cluster_nodes", 2.0).await;
+    b.stop().await;
+    // Its connections' closes were published before it left...
+    wait_for_connections(&mut pa, 1).await;
+    // ...and it left the broker's list of nodes.
+    a.wait_for_metric("switchyard_cluster_nodes", 1.0).await;
+    a.stop().await;
 }

@@ -46,7 +46,7 @@ impl Cluster {
         Duration::from_millis(self.config.node_timeout_ms)
     }
 
-    fn set_up(&self, up: bool) {
+    pub(super) fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Release);
         self.metrics.broker_up.set(i64::from(up));
     }
@@ -73,11 +73,18 @@ pub(super) async fn run(
 ) {
     let retry = Duration::from_millis(cluster.config.retry_ms);
     loop {
-        match Session::open(&cluster, &inbound).await {
+        let opened = tokio::select! {
+            () = cluster.stop.cancelled() => return,
+            opened = Session::open(&cluster, &inbound) => opened,
+        };
+        match opened {
             Ok(session) => {
                 info!(node = %cluster.node, url = %cluster.config.redis_url, "connected to the cluster's broker");
                 let error = session.run(&cluster, &mut queued).await;
                 cluster.set_up(false);
+                if cluster.stop.is_cancelled() {
+                    return;
+                }
                 warn!(
                     node = %cluster.node,
                     %error,
@@ -97,6 +104,7 @@ pub(super) async fn run(
         let next = tokio::time::Instant::now() + retry;
         loop {
             tokio::select! {
+                () = cluster.stop.cancelled() => return,
                 () = tokio::time::sleep_until(next) => break,
                 out = queued.recv() => match out {
                     Some(out) if out.to.is_some() => {
@@ -112,8 +120,8 @@ pub(super) async fn run(
     }
 }
 
-/// Removes this node from the broker, so that the others forget its
-/// connections at their next heartbeat.
+/// Removes this node from the broker (once the link has stopped), so
+/// that the others forget it at their next heartbeat.
 pub(super) async fn leave(cluster: &Cluster) {
     let Ok(mut conn) = cluster.client.get_multiplexed_async_connection().await else {
         return;
@@ -233,6 +241,17 @@ impl Session {
         let result: redis::RedisResult<()> = async {
             loop {
                 tokio::select! {
+                    () = cluster.stop.cancelled() => {
+                        // What the last connections' closes queued still
+                        // goes out.
+                        while let Ok(out) = queued.try_recv() {
+                            batch.push(out);
+                        }
+                        if !batch.is_empty() {
+                            self.publish(cluster, &mut batch).await?;
+                        }
+                        return Ok(());
+                    }
                     n = queued.recv_many(&mut batch, BATCH) => {
                         if n == 0 {
                             return Ok(());

@@ -110,6 +110,11 @@ pub struct Cluster {
     peers: RwLock<Vec<Arc<str>>>,
     metrics: ClusterMetrics,
     local: Arc<dyn Local>,
+    /// Stops the link ([`Cluster::leave`]).
+    stop: tokio_util::sync::CancellationToken,
+    /// The link task, to wait for it to stop. A std mutex: held to take
+    /// the handle, never across an await.
+    link: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// This node's connections and the number of the last change to them.
@@ -189,10 +194,13 @@ impl Cluster {
             peers: RwLock::new(Vec::new()),
             metrics,
             local,
+            stop: tokio_util::sync::CancellationToken::new(),
+            link: Mutex::new(None),
         });
         tracing::info!(node = %cluster.node, url = %config.redis_url, "joining the cluster");
         let deliveries = inbound::Inbound::start(cluster.clone());
-        tokio::spawn(link::run(cluster.clone(), queued, deliveries));
+        let link = tokio::spawn(link::run(cluster.clone(), queued, deliveries));
+        *cluster.link.lock().expect("cluster link lock") = Some(link);
         Ok(cluster)
     }
 
@@ -463,9 +471,17 @@ impl Cluster {
         remote.member.attachment.clone()
     }
 
-    /// Leaves the cluster: the other nodes forget this node's connections
-    /// now rather than after `node_timeout_ms`. For a server stopping.
+    /// Leaves the cluster, for a server stopping: stops the link (no more
+    /// heartbeats, nothing more published), then removes this node from
+    /// the broker so that the others stop counting it at their next
+    /// heartbeat rather than after `node_timeout_ms`.
     pub async fn leave(&self) {
+        self.stop.cancel();
+        let link = self.link.lock().expect("cluster link lock").take();
+        if let Some(link) = link {
+            let _ = link.await;
+        }
+        self.set_up(false);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), link::leave(self)).await;
     }
 }
