@@ -242,14 +242,29 @@ pub fn raise_open_file_limit() -> anyhow::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// The arguments of the hidden `serve-switchyard` subcommand that
+/// [`ServerProcess::start`] runs.
+#[derive(clap::Args)]
+pub struct ServeSwitchyard {
+    /// The folder of modules.
+    #[arg(long, value_name = "DIR")]
+    pub controllers: std::path::PathBuf,
+    /// A switchyard.toml to take the settings from.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+}
+
 /// The `serve-switchyard` child: Switchyard on `listener` with the modules
 /// in `controllers` and the settings of `config` (defaults otherwise),
 /// without hot reload; prints `listening on ADDR` once it serves.
 pub async fn serve_switchyard(
     listener: tokio::net::TcpListener,
-    controllers: std::path::PathBuf,
-    config: Option<&Path>,
+    ServeSwitchyard {
+        controllers,
+        config,
+    }: ServeSwitchyard,
 ) -> anyhow::Result<()> {
+    let config = config.as_deref();
     let addr = listener.local_addr()?;
     let base = match config {
         Some(file) => switchyard::Config::load(file)?,

@@ -46,12 +46,7 @@ struct Cli {
 enum Child {
     /// Serve Switchyard with the modules in DIR until stdin closes.
     #[command(hide = true)]
-    ServeSwitchyard {
-        #[arg(long, value_name = "DIR")]
-        controllers: PathBuf,
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-    },
+    ServeSwitchyard(process::ServeSwitchyard),
 }
 
 /// A `redis-server` on a free port, killed when dropped.
@@ -135,11 +130,7 @@ fn config_file(dir: &Path, redis: Option<u16>) -> anyhow::Result<PathBuf> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Child::ServeSwitchyard {
-        controllers,
-        config,
-    }) = cli.child
-    {
+    if let Some(Child::ServeSwitchyard(args)) = cli.child {
         process::raise_open_file_limit()?;
         process::exit_when_stdin_closes();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -147,7 +138,7 @@ fn main() -> anyhow::Result<()> {
             .build()?;
         return runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            process::serve_switchyard(listener, controllers, config.as_deref()).await
+            process::serve_switchyard(listener, args).await
         });
     }
     process::raise_open_file_limit()?;

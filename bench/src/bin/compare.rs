@@ -53,12 +53,7 @@ enum Child {
     },
     /// Serve Switchyard with the modules in DIR until stdin closes.
     #[command(hide = true)]
-    ServeSwitchyard {
-        #[arg(long, value_name = "DIR")]
-        controllers: PathBuf,
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-    },
+    ServeSwitchyard(process::ServeSwitchyard),
     /// Open idle connections to a server started by hand (say, under a
     /// heap profiler) and hold them until stdin closes.
     #[command(hide = true)]
@@ -770,10 +765,7 @@ fn child(child: Child) -> anyhow::Result<()> {
                 switchyard_bench::native::serve(listener, probe).await
             }
             Child::Hold { .. } => unreachable!("handled above"),
-            Child::ServeSwitchyard {
-                controllers,
-                config,
-            } => process::serve_switchyard(listener, controllers, config.as_deref()).await,
+            Child::ServeSwitchyard(args) => process::serve_switchyard(listener, args).await,
         }
     })
 }

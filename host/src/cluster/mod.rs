@@ -373,35 +373,38 @@ impl Cluster {
     /// the other nodes serving connections in reach. Returns how many
     /// connections there it was sent towards.
     pub fn broadcast(&self, route: &str, scope: &Scope, frame: &Frame, except: Option<u64>) -> u32 {
-        let (members, nodes) = self.view().in_scope(route, scope);
-        let count = members.iter().filter(|id| Some(**id) != except).count() as u32;
-        if count == 0 {
-            return 0;
-        }
-        let body = Body::Broadcast {
+        let reach = self.view().scope_reach(route, scope, except);
+        self.fan_out(reach, || Body::Broadcast {
             route: route.to_owned(),
             scope: scope.clone(),
             except,
             payload: payload(frame),
-        };
-        if self.deliver(nodes, body) { count } else { 0 }
+        })
     }
 
     /// `publish` to `group` of `route`: queued for the other nodes serving
     /// members. Returns how many members there it was sent towards.
     pub fn publish(&self, route: &str, group: &str, frame: &Frame, except: Option<u64>) -> u32 {
-        let (members, nodes) = self.view().in_group(route, group);
-        let count = members.iter().filter(|id| Some(**id) != except).count() as u32;
-        if count == 0 {
-            return 0;
-        }
-        let body = Body::Publish {
+        let reach = self.view().group_reach(route, group, except);
+        self.fan_out(reach, || Body::Publish {
             route: route.to_owned(),
             group: group.to_owned(),
             except,
             payload: payload(frame),
-        };
-        if self.deliver(nodes, body) { count } else { 0 }
+        })
+    }
+
+    /// Queues the envelope `body` makes for the nodes of `reach`, if it
+    /// reaches anyone; returns the connections it went towards.
+    fn fan_out(&self, reach: view::Reach, body: impl FnOnce() -> Body) -> u32 {
+        if reach.count == 0 {
+            return 0;
+        }
+        if self.deliver(reach.nodes, body()) {
+            reach.count
+        } else {
+            0
+        }
     }
 
     /// The node serving connection `id` of `route`, if it is another
@@ -453,12 +456,12 @@ impl Cluster {
     /// Connections of `route` on other nodes within reach of `scope`,
     /// sorted.
     pub fn connections(&self, route: &str, scope: &Scope) -> Vec<u64> {
-        self.view().in_scope(route, scope).0
+        self.view().in_scope(route, scope)
     }
 
     /// Members of `group` of `route` on other nodes, sorted.
     pub fn members(&self, route: &str, group: &str) -> Vec<u64> {
-        self.view().in_group(route, group).0
+        self.view().in_group(route, group)
     }
 
     /// The attachment of connection `id` of `route` on another node.

@@ -74,6 +74,22 @@ impl Index {
     }
 }
 
+/// Who a broadcast or publish reaches on other nodes.
+#[derive(Default)]
+pub struct Reach {
+    /// How many connections.
+    pub count: u32,
+    /// The nodes serving them.
+    pub nodes: Vec<Arc<str>>,
+}
+
+impl Reach {
+    fn add(&mut self, set: &Index, except: Option<u64>) {
+        let excepted = except.is_some_and(|id| set.members.contains(&id));
+        self.count += (set.members.len() - usize::from(excepted)) as u32;
+    }
+}
+
 /// What applying a change found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -180,35 +196,56 @@ impl View {
     }
 
     /// The connections of `route` within reach of an instance with
-    /// `scope`, sorted, and the nodes serving them.
-    pub fn in_scope(&self, route: &str, scope: &Scope) -> (Vec<u64>, Vec<Arc<str>>) {
+    /// `scope`, sorted.
+    pub fn in_scope(&self, route: &str, scope: &Scope) -> Vec<u64> {
         let Some(index) = self.routes.get(route) else {
-            return Default::default();
+            return Vec::new();
         };
-        let mut members = Vec::new();
+        let mut members: Vec<u64> = index
+            .scopes
+            .iter()
+            .filter(|(their, _)| scope.reaches(their))
+            .flat_map(|(_, set)| set.members.iter().copied())
+            .collect();
+        members.sort_unstable();
+        members
+    }
+
+    /// How many connections of `route` an instance with `scope` reaches,
+    /// `except` aside, and the nodes serving them: what a broadcast needs,
+    /// without listing the members.
+    pub fn scope_reach(&self, route: &str, scope: &Scope, except: Option<u64>) -> Reach {
+        let mut reach = Reach::default();
+        let Some(index) = self.routes.get(route) else {
+            return reach;
+        };
         let mut nodes = BTreeSet::new();
         for (their, set) in &index.scopes {
             if scope.reaches(their) {
-                members.extend(set.members.iter().copied());
+                reach.add(set, except);
                 nodes.extend(set.nodes.keys().cloned());
             }
         }
-        members.sort_unstable();
-        (members, nodes.into_iter().collect())
+        reach.nodes = nodes.into_iter().collect();
+        reach
     }
 
-    /// The members of `group` of `route`, sorted, and the nodes serving
-    /// them.
-    pub fn in_group(&self, route: &str, group: &str) -> (Vec<u64>, Vec<Arc<str>>) {
+    /// [`View::scope_reach`] for the members of `group` of `route`.
+    pub fn group_reach(&self, route: &str, group: &str, except: Option<u64>) -> Reach {
+        let mut reach = Reach::default();
+        if let Some(set) = self.routes.get(route).and_then(|i| i.groups.get(group)) {
+            reach.add(set, except);
+            reach.nodes = set.nodes.keys().cloned().collect();
+        }
+        reach
+    }
+
+    /// The members of `group` of `route`, sorted.
+    pub fn in_group(&self, route: &str, group: &str) -> Vec<u64> {
         self.routes
             .get(route)
             .and_then(|index| index.groups.get(group))
-            .map(|set| {
-                (
-                    set.members.iter().copied().collect(),
-                    set.nodes.keys().cloned().collect(),
-                )
-            })
+            .map(|set| set.members.iter().copied().collect())
             .unwrap_or_default()
     }
 
@@ -332,27 +369,69 @@ mod tests {
         );
         upsert(&mut view, "b", 2, member(4, "chat", Scope::Route, &[]));
 
-        let (ids, nodes) = view.in_scope("rooms", &lounge);
-        assert_eq!(ids, [1, 3]);
-        assert_eq!(nodes.iter().map(|n| &**n).collect::<Vec<_>>(), ["a", "b"]);
-        assert_eq!(view.in_scope("rooms", &Scope::Route).0, [1, 2, 3]);
-        assert_eq!(view.in_scope("rooms", &Scope::Own).0, Vec::<u64>::new());
-        assert_eq!(view.in_group("rooms", "g").0, [1, 3]);
-        assert_eq!(view.in_group("chat", "g").0, Vec::<u64>::new());
+        assert_eq!(view.in_scope("rooms", &lounge), [1, 3]);
+        assert_eq!(view.in_scope("rooms", &Scope::Route), [1, 2, 3]);
+        assert_eq!(view.in_scope("rooms", &Scope::Own), Vec::<u64>::new());
+        assert_eq!(view.in_group("rooms", "g"), [1, 3]);
+        assert_eq!(view.in_group("chat", "g"), Vec::<u64>::new());
 
         // Leaving the group is a new record without it.
         upsert(&mut view, "b", 3, member(3, "rooms", lounge.clone(), &[]));
-        let (ids, nodes) = view.in_group("rooms", "g");
-        assert_eq!((ids, nodes.len()), (vec![1], 1));
+        assert_eq!(view.in_group("rooms", "g"), [1]);
+        assert_eq!(view.group_reach("rooms", "g", None).nodes.len(), 1);
         assert_eq!(view.apply("a", 1, 3, Change::Gone(1)), Applied::Current);
-        assert!(view.in_group("rooms", "g").0.is_empty());
-        assert_eq!(view.in_scope("rooms", &lounge).0, [3]);
+        assert!(view.in_group("rooms", "g").is_empty());
+        assert_eq!(view.in_scope("rooms", &lounge), [3]);
         assert_eq!(view.count(), 3);
 
         view.forget_node("b");
         assert_eq!(view.count(), 1);
-        assert!(view.in_scope("chat", &Scope::Route).0.is_empty());
+        assert!(view.in_scope("chat", &Scope::Route).is_empty());
         assert_eq!(view.get(2).unwrap().node.as_ref(), "a");
+    }
+
+    #[test]
+    fn reach_counts_members_in_scope_or_group_but_the_excepted_one() {
+        let mut view = View::default();
+        let lounge = Scope::Key("lounge".into());
+        upsert(
+            &mut view,
+            "a",
+            1,
+            member(1, "rooms", lounge.clone(), &["g"]),
+        );
+        upsert(
+            &mut view,
+            "b",
+            1,
+            member(2, "rooms", lounge.clone(), &["g"]),
+        );
+        upsert(
+            &mut view,
+            "b",
+            2,
+            member(3, "rooms", Scope::Key("attic".into()), &[]),
+        );
+        let names = |reach: &Reach| {
+            reach
+                .nodes
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        let reach = view.scope_reach("rooms", &lounge, None);
+        assert_eq!(
+            (reach.count, names(&reach)),
+            (2, vec!["a".into(), "b".into()])
+        );
+        assert_eq!(view.scope_reach("rooms", &lounge, Some(2)).count, 1);
+        assert_eq!(view.scope_reach("rooms", &lounge, Some(3)).count, 2);
+        assert_eq!(view.scope_reach("rooms", &Scope::Route, None).count, 3);
+        assert_eq!(view.scope_reach("rooms", &Scope::Own, None).count, 0);
+        assert_eq!(view.scope_reach("chat", &Scope::Route, None).count, 0);
+        assert_eq!(view.group_reach("rooms", "g", Some(1)).count, 1);
+        assert_eq!(names(&view.group_reach("rooms", "g", None)), ["a", "b"]);
+        assert_eq!(view.group_reach("rooms", "h", None).count, 0);
     }
 
     #[test]
@@ -378,7 +457,7 @@ mod tests {
         assert!(view.get(2).is_some());
         assert!(view.replace("a", 1, 4, vec![member(9, "chat", Scope::Route, &[])]));
         assert!(view.get(1).is_none() && view.get(2).is_none());
-        assert_eq!(view.in_scope("chat", &Scope::Route).0, [9]);
+        assert_eq!(view.in_scope("chat", &Scope::Route), [9]);
     }
 
     #[test]
@@ -397,6 +476,6 @@ mod tests {
             ),
             Applied::Resync
         );
-        assert_eq!(view.in_scope("chat", &Scope::Route).0, [10]);
+        assert_eq!(view.in_scope("chat", &Scope::Route), [10]);
     }
 }
