@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test, installing first what the tests need and this machine
 # lacks: the wasm32-wasip2 target (rustup), `redis-server` for the cluster
-# tests (Debian's package, with apt-get when run as root), and the Python
+# tests and `chromium` with `chromium-driver` for the browser tests
+# (Debian's packages, with apt-get when run as root), and the Python
 # tools the conformance and outside-client tests drive (the Autobahn cases
 # through `kosoku`, Python's `websockets` client), in a virtual environment
 # under target/. CI (.ci/run) calls this script; so can you, on a fresh machine.
@@ -13,13 +14,19 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 
-if ! command -v redis-server >/dev/null; then
+# Debian packages the tests drive: redis-server (the cluster tests),
+# chromium and its WebDriver (the browser tests).
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "scripts/test.sh: the cluster tests need redis-server; install it" \
-            "(Debian: sudo apt-get install redis-server) and run this again" >&2
+        echo "scripts/test.sh: the tests need ${missing[*]}; install them" \
+            "(Debian: sudo apt-get install ${missing[*]}) and run this again" >&2
         exit 1
     fi
 fi

@@ -1,7 +1,7 @@
 //! The admin listener: what operators and their tools ask the server.
 //!
 //! A plain HTTP/1.1 listener on an address of its own (`[admin] listen`,
-//! off by default, never the public port) answering three `GET`s, each with
+//! off by default, never the public port) answering `GET`s, each with
 //! `Connection: close`:
 //!
 //! - `/metrics`: every [`Metrics`] family in the Prometheus text format
@@ -9,52 +9,54 @@
 //! - `/healthz`: 200 while the process serves;
 //! - `/readyz`: 200 once controllers are loaded and connections are
 //!   accepted, 503 otherwise (no controller loaded, shutting down), with a
-//!   short JSON body saying what is wrong.
+//!   short JSON body saying what is wrong;
+//! - `/_switchyard/`: the dashboard and its live feed (see
+//!   [`crate::web::dashboard`]), unless `admin.dashboard` is off.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
-use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::debug;
 
 use crate::reload::Routes;
 use crate::runtime::Runtime;
+use crate::web::Response;
+use crate::web::dashboard::{self, Dashboard};
+use crate::wire::connection::Shutdown;
 use crate::wire::handshake;
 
 /// What the admin answers are made from.
 pub struct Admin {
     runtime: Arc<Runtime>,
     routes: Arc<ArcSwap<Routes>>,
+    /// The dashboard, unless `admin.dashboard` is off.
+    dashboard: Option<Arc<Dashboard>>,
+    /// Ends the dashboard's feeds when the server stops.
+    stopping: Shutdown,
     /// The accept loop runs and the shutdown has not started.
     pub accepting: AtomicBool,
 }
 
-/// One answer.
-struct Answer {
-    status: u16,
-    content_type: &'static str,
-    body: String,
-}
-
-impl Answer {
-    fn json(status: u16, body: serde_json::Value) -> Answer {
-        Answer {
-            status,
-            content_type: "application/json",
-            body: format!("{body}\n"),
-        }
-    }
+fn json(status: u16, body: serde_json::Value) -> Response {
+    Response::bytes(status, "application/json", format!("{body}\n").into_bytes())
 }
 
 impl Admin {
     /// Answers from `runtime` and `routes`; not ready until
     /// [`accepting`](Admin::accepting) is set.
-    pub fn new(runtime: Arc<Runtime>, routes: Arc<ArcSwap<Routes>>) -> Arc<Admin> {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        routes: Arc<ArcSwap<Routes>>,
+        dashboard: Option<Arc<Dashboard>>,
+        stopping: Shutdown,
+    ) -> Arc<Admin> {
         Arc::new(Admin {
             runtime,
             routes,
+            dashboard,
+            stopping,
             accepting: AtomicBool::new(false),
         })
     }
@@ -84,55 +86,68 @@ impl Admin {
         else {
             return Ok(());
         };
-        let answer = match (request.method.as_str(), request.path.as_str()) {
-            ("GET" | "HEAD", "/metrics") => self.metrics(),
-            ("GET" | "HEAD", "/healthz") => Answer::json(200, serde_json::json!({"status": "ok"})),
-            ("GET" | "HEAD", "/readyz") => self.readiness(),
-            (_, "/metrics" | "/healthz" | "/readyz") => Answer {
-                status: 405,
-                content_type: "text/plain; charset=utf-8",
-                body: "use GET\n".to_owned(),
-            },
-            (_, path) => Answer {
-                status: 404,
-                content_type: "text/plain; charset=utf-8",
-                body: format!("no {path} here: try /metrics, /healthz or /readyz\n"),
-            },
-        };
-        let reason = match answer.status {
-            200 => "OK",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            _ => "Service Unavailable",
-        };
-        let mut response = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-            answer.status,
-            answer.content_type,
-            answer.body.len()
-        );
-        if request.method != "HEAD" {
-            response.push_str(&answer.body);
+        if let Some(dashboard) = &self.dashboard
+            && request.path == dashboard::FEED
+        {
+            let key = match handshake::check_upgrade(&request) {
+                Ok(key) => key,
+                Err(rejection) => return handshake::reject(&mut stream, &rejection).await,
+            };
+            handshake::accept(&mut stream, &key, None).await?;
+            let stopping = self.stopping.clone();
+            let feed = dashboard.clone();
+            feed.feed(
+                stream,
+                request.leftover,
+                async move { stopping.started().await },
+            )
+            .await;
+            return Ok(());
         }
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
+        let reading = request.method == "GET" || request.method == "HEAD";
+        let page = self
+            .dashboard
+            .as_ref()
+            .and_then(|_| Dashboard::page(&request.path));
+        let is_page = page.is_some();
+        let answer = match (reading, request.path.as_str(), page) {
+            (true, _, Some(page)) => page,
+            (true, "/metrics", _) => self.metrics(),
+            (true, "/healthz", _) => json(200, serde_json::json!({"status": "ok"})),
+            (true, "/readyz", _) => self.readiness(),
+            (false, "/metrics" | "/healthz" | "/readyz", _) | (false, _, Some(_)) => {
+                Response::text(405, "use GET").with_header("Allow", "GET, HEAD")
+            }
+            (_, path, _) => Response::text(
+                404,
+                format!("no {path} here: try /metrics, /healthz, /readyz or /_switchyard/"),
+            ),
+        };
+        // The dashboard's files say how to cache them; nothing else here
+        // may be cached.
+        let answer = if is_page {
+            answer
+        } else {
+            answer.with_header("Cache-Control", "no-store")
+        };
+        answer.write(&mut stream, request.method == "HEAD").await
     }
 
-    fn metrics(&self) -> Answer {
+    fn metrics(&self) -> Response {
         let metrics = self.runtime.metrics();
         let (used, slots) = self.runtime.instances_in_use();
         metrics.pool(used, slots.unwrap_or(0));
         if let Some(cluster) = self.runtime.cluster() {
             cluster.refresh_metrics();
         }
-        Answer {
-            status: 200,
-            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            body: metrics.encode(),
-        }
+        Response::bytes(
+            200,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode().into_bytes(),
+        )
     }
 
-    fn readiness(&self) -> Answer {
+    fn readiness(&self) -> Response {
         let routes = self.routes.load().routes().count();
         let mut problems = Vec::new();
         if routes == 0 {
@@ -160,6 +175,6 @@ impl Admin {
             body["cluster"] = cluster;
         }
         let status = if body["ready"] == true { 200 } else { 503 };
-        Answer::json(status, body)
+        json(status, body)
     }
 }

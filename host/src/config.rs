@@ -54,6 +54,17 @@ pub enum ConfigError {
         /// What the system said.
         error: std::io::Error,
     },
+    /// The static files' folder cannot be served.
+    #[error(
+        "cannot serve the public folder {}: {error}; create it or set `public = \"\"` to serve no files",
+        path.display()
+    )]
+    PublicDir {
+        /// The folder.
+        path: PathBuf,
+        /// What the system said.
+        error: std::io::Error,
+    },
 }
 
 fn in_file(file: Option<&Path>) -> String {
@@ -169,7 +180,10 @@ pub struct Config {
     /// Where compiled modules are kept between starts (relative to the
     /// config file); empty turns the cache off.
     pub module_cache: PathBuf,
-    /// The admin listener (metrics and health checks).
+    /// The folder whose files answer plain `GET`s that match no route
+    /// (relative to the config file); empty (the default) serves none.
+    pub public: PathBuf,
+    /// The admin listener (metrics, health checks, the dashboard).
     pub admin: Admin,
     /// How log lines look.
     pub log_format: LogFormat,
@@ -274,11 +288,28 @@ impl Cluster {
 
 /// The admin listener: Prometheus metrics at `/metrics`, `/healthz` and
 /// `/readyz`, on an address of its own, never on the public port.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
     /// Where to listen, e.g. `127.0.0.1:9090`; off when unset.
     pub listen: Option<SocketAddr>,
+    /// Serve the dashboard at `/_switchyard/`: on the admin listener when
+    /// there is one, otherwise on the public listener, where its live feed
+    /// needs a token with one of `dashboard_roles`.
+    pub dashboard: bool,
+    /// Roles of which a client of the dashboard's feed on the public
+    /// listener needs one. Never empty: the feed shows the whole server.
+    pub dashboard_roles: Vec<String>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: None,
+            dashboard: true,
+            dashboard_roles: vec!["ROLE_ADMIN".to_owned()],
+        }
+    }
 }
 
 /// How log lines look.
@@ -470,6 +501,7 @@ impl Default for Config {
             compression: Compression::default(),
             routes: BTreeMap::new(),
             module_cache: PathBuf::from(".switchyard/modules"),
+            public: PathBuf::new(),
             admin: Admin::default(),
             log_format: LogFormat::Text,
             cluster: None,
@@ -734,11 +766,19 @@ impl Config {
         if config.module_cache().is_some() {
             resolve(&mut config.module_cache);
         }
+        if config.public().is_some() {
+            resolve(&mut config.public);
+        }
         let auth = &mut config.auth;
         for key in [&mut auth.rs256_public_key, &mut auth.es256_public_key] {
             key.iter_mut().for_each(resolve);
         }
         Ok(config)
+    }
+
+    /// The folder of static files, unless they are off.
+    pub fn public(&self) -> Option<&Path> {
+        (!self.public.as_os_str().is_empty()).then_some(self.public.as_path())
     }
 
     /// Where compiled modules are cached, unless the cache is off.
@@ -836,6 +876,11 @@ impl Config {
             "`auth.roles_claim` must not be empty"
         );
         ensure!(
+            !self.admin.dashboard_roles.is_empty(),
+            "`admin.dashboard_roles` must name at least one role: the dashboard shows the whole \
+             server (turn it off with `admin.dashboard = false`)"
+        );
+        ensure!(
             self.sandbox.state_value_bytes <= self.sandbox.state_total_bytes,
             "`sandbox.state_value_bytes` ({}) must not exceed `sandbox.state_total_bytes` ({})",
             self.sandbox.state_value_bytes,
@@ -874,6 +919,23 @@ mod tests {
         assert_eq!(config.module_cache, Config::default().module_cache);
         assert_eq!(config.admin, Admin::default());
         assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.public(), Some(Path::new("public")));
+        assert_eq!(Config::default().public(), None);
+    }
+
+    #[test]
+    fn the_dashboard_needs_a_role_and_public_follows_the_file() {
+        let err = Config::from_toml("[admin]\ndashboard_roles = []\n").unwrap_err();
+        assert!(err.to_string().contains("admin.dashboard_roles"), "{err}");
+        let off = Config::from_toml("[admin]\ndashboard = false\n").unwrap();
+        assert!(!off.admin.dashboard);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, "public = \"site\"\n").unwrap();
+        assert_eq!(
+            Config::load(&path).unwrap().public(),
+            Some(dir.path().join("site").as_path())
+        );
     }
 
     #[test]

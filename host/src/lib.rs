@@ -16,12 +16,14 @@ mod admin;
 pub mod builder;
 mod cluster;
 pub mod config;
+pub mod journal;
 pub mod metrics;
 pub mod reload;
 mod routing;
 mod runtime;
 pub mod scaffold;
 mod server;
+mod web;
 mod wire;
 
 pub use config::{Config, ConfigError};

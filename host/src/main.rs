@@ -186,12 +186,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = switchyard::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let public = config.public().map(std::path::Path::to_owned);
+    let dashboard = config.admin.clone();
     let server = Server::new(config).await?;
     for route in server.routes() {
         tracing::info!(route = %route.name, pattern = %route.pattern, "serving ws://{addr}{}", route.pattern);
     }
     if let Some(admin) = server.admin_addr() {
         tracing::info!("admin: http://{admin}/metrics, /healthz, /readyz");
+    }
+    if let Some(dir) = public {
+        tracing::info!(folder = %dir.display(), "files: http://{addr}/");
+    }
+    match (dashboard.dashboard, server.admin_addr()) {
+        (false, _) => {}
+        (true, Some(admin)) => tracing::info!("dashboard: http://{admin}/_switchyard/"),
+        (true, None) => tracing::info!(
+            "dashboard: http://{addr}/_switchyard/ (its feed needs a token with one of {:?})",
+            dashboard.dashboard_roles
+        ),
     }
     println!("listening on ws://{addr}");
     server.serve(listener, shutdown_signal()).await;

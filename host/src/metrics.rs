@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::journal::{Journal, Trap, now_ms};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -79,6 +80,18 @@ pub enum TrapKind {
     other,
 }
 
+impl TrapKind {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            TrapKind::panic => "panic",
+            TrapKind::budget => "budget",
+            TrapKind::memory => "memory",
+            TrapKind::other => "other",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TrapLabels {
     route: String,
@@ -97,6 +110,18 @@ pub enum ReloadResult {
     removed,
     /// The new file was refused; what was serving goes on.
     rejected,
+}
+
+impl ReloadResult {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReloadResult::added => "added",
+            ReloadResult::swapped => "swapped",
+            ReloadResult::removed => "removed",
+            ReloadResult::rejected => "rejected",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -382,6 +407,8 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     pool_used: Gauge,
     pool_slots: Gauge,
+    /// The last reloads and traps, for the dashboard.
+    journal: Journal,
 }
 
 impl Default for Metrics {
@@ -500,7 +527,31 @@ impl Metrics {
             reloads,
             pool_used,
             pool_slots,
+            journal: Journal::default(),
         }
+    }
+
+    /// The last reloads and traps.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The traps of route `name` so far, by kind.
+    pub fn traps_of(&self, name: &str) -> [(&'static str, u64); 4] {
+        [
+            TrapKind::panic,
+            TrapKind::budget,
+            TrapKind::memory,
+            TrapKind::other,
+        ]
+        .map(|kind| {
+            let labels = TrapLabels {
+                route: name.to_owned(),
+                kind,
+            };
+            let count = self.traps.get(&labels).map_or(0, |count| count.get());
+            (kind.label(), count)
+        })
     }
 
     /// Registers the cluster's series and returns their handles.
@@ -677,8 +728,8 @@ impl RouteMetrics {
             .inc();
     }
 
-    /// An event trapped.
-    pub fn trapped(&self, kind: TrapKind) {
+    /// An event trapped with `message`.
+    pub fn trapped(&self, kind: TrapKind, message: &str) {
         let Some(all) = &self.all else { return };
         all.traps
             .get_or_create(&TrapLabels {
@@ -686,6 +737,12 @@ impl RouteMetrics {
                 kind,
             })
             .inc();
+        all.journal.trap(Trap {
+            at_ms: now_ms(),
+            route: self.name.clone(),
+            kind: kind.label(),
+            message: message.to_owned(),
+        });
     }
 }
 
@@ -706,7 +763,7 @@ mod tests {
             .observe(Duration::from_secs(10));
         chat.closed(1000);
         chat.closed(4321);
-        chat.trapped(TrapKind::budget);
+        chat.trapped(TrapKind::budget, "out of budget");
         metrics.upgrade("chat", 101);
         metrics.upgrade("", 404);
         metrics.reload(ReloadResult::swapped);
@@ -764,7 +821,7 @@ mod tests {
     fn detached_counters_are_nobodys() {
         let route = RouteMetrics::detached();
         route.closed(1000);
-        route.trapped(TrapKind::panic);
+        route.trapped(TrapKind::panic, "unreachable");
         route.messages_in.inc();
     }
 }

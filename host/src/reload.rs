@@ -22,6 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::journal;
 use crate::metrics::ReloadResult;
 use crate::routing::route::RouteHandle;
 use crate::routing::router::RouteTable;
@@ -64,6 +65,48 @@ pub enum ReloadEvent {
         /// Its route name.
         route: String,
     },
+}
+
+/// How `event` is kept in the journal.
+fn journal_entry(event: &ReloadEvent, result: ReloadResult) -> journal::Reload {
+    let name = |file: &Path| {
+        file.file_name().map_or_else(
+            || file.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        )
+    };
+    let mut entry = journal::Reload {
+        at_ms: journal::now_ms(),
+        result: result.label(),
+        file: String::new(),
+        route: None,
+        hash: None,
+        took_ms: None,
+        error: None,
+    };
+    match event {
+        ReloadEvent::Live {
+            file,
+            route,
+            new_hash,
+            elapsed,
+            ..
+        } => {
+            entry.file = name(file);
+            entry.route = Some(route.clone());
+            entry.hash = Some(new_hash.clone());
+            entry.took_ms = Some(elapsed.as_millis() as u64);
+        }
+        ReloadEvent::Rejected { file, error } => {
+            entry.file = name(file);
+            entry.error = Some(error.clone());
+        }
+        ReloadEvent::Retired { file, route } => {
+            entry.file = name(file);
+            entry.route = Some(route.clone());
+        }
+    }
+    entry
 }
 
 struct Entry {
@@ -110,6 +153,10 @@ impl Registry {
             ReloadEvent::Retired { .. } => ReloadResult::removed,
         };
         self.runtime.metrics().reload(result);
+        self.runtime
+            .metrics()
+            .journal()
+            .reload(journal_entry(&event, result));
         let _ = self.events.send(event);
     }
 

@@ -33,6 +33,8 @@ use crate::routing::route::Lease;
 use crate::routing::router::parse_query;
 use crate::runtime::Runtime;
 use crate::runtime::module::LoadError;
+use crate::web::dashboard::{self, Dashboard};
+use crate::web::files::Public;
 use crate::wire::ConnectionInfo;
 use crate::wire::connection::{self, Connection};
 use crate::wire::deflate;
@@ -136,6 +138,14 @@ pub struct Server {
     admin: Option<(Arc<Admin>, TcpListener)>,
     /// The cluster this node is part of, if any.
     cluster: Option<Arc<Cluster>>,
+    /// Made here so that the admin listener's dashboard feeds end with the
+    /// connections.
+    stopping: connection::Shutdown,
+    /// The static files, when `public` is set.
+    public: Option<Arc<Public>>,
+    /// The dashboard on the public listener: when it is on and there is no
+    /// admin listener to serve it.
+    dashboard: Option<Arc<Dashboard>>,
 }
 
 /// Where connection ids come from: a counter from 1, or in a cluster the
@@ -248,11 +258,33 @@ impl Server {
         if registry.routes().load().routes().next().is_none() {
             warn!(dir = %config.controllers.display(), "no controller loaded: every path will get 404");
         }
+        let public = match config.public() {
+            Some(dir) => Some(Arc::new(Public::new(dir).map_err(|error| {
+                ConfigError::PublicDir {
+                    path: dir.to_owned(),
+                    error,
+                }
+            })?)),
+            None => None,
+        };
+        let stopping = connection::Shutdown::default();
+        let mut dashboard = config.admin.dashboard.then(|| {
+            Dashboard::new(
+                runtime.clone(),
+                registry.routes().clone(),
+                registry.subscribe(),
+            )
+        });
         let admin = match config.admin.listen {
             Some(addr) => {
                 let listener =
                     crate::bind(addr).map_err(|error| ServeError::AdminListen { addr, error })?;
-                let admin = Admin::new(runtime, registry.routes().clone());
+                let admin = Admin::new(
+                    runtime,
+                    registry.routes().clone(),
+                    dashboard.take(),
+                    stopping.clone(),
+                );
                 Some((admin, listener))
             }
             None => None,
@@ -267,6 +299,9 @@ impl Server {
             metrics,
             admin,
             cluster,
+            stopping,
+            public,
+            dashboard,
         })
     }
 
@@ -297,7 +332,6 @@ impl Server {
     /// shutdown timeout has passed.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let tracker = TaskTracker::new();
-        let stopping = connection::Shutdown::default();
         let Server {
             config,
             routes,
@@ -307,6 +341,9 @@ impl Server {
             metrics,
             admin,
             cluster,
+            stopping,
+            public,
+            dashboard,
             ..
         } = self;
         let admin = admin.map(|(admin, listener)| {
@@ -375,6 +412,8 @@ impl Server {
                 guard: guard.clone(),
                 stopping: stopping.clone(),
                 metrics: metrics.clone(),
+                public: public.clone(),
+                dashboard: dashboard.clone(),
                 peer,
             };
             tracker.spawn(conn.run(stream, upgrading));
@@ -414,8 +453,13 @@ struct Accepted {
     guard: Arc<Guard>,
     stopping: connection::Shutdown,
     metrics: Arc<Metrics>,
+    public: Option<Arc<Public>>,
+    dashboard: Option<Arc<Dashboard>>,
     peer: std::net::SocketAddr,
 }
+
+/// What runs on an accepted socket after its upgrade.
+type Upgraded = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 impl Accepted {
     async fn run(self, stream: TcpStream, upgrading: UpgradePermit) {
@@ -432,10 +476,7 @@ impl Accepted {
     /// Reads and checks the upgrade request, then answers it: with a
     /// rejection (and `None`) or with the upgrade, returning the
     /// connection's future.
-    async fn upgrade(
-        &self,
-        mut stream: TcpStream,
-    ) -> Option<Pin<Box<impl Future<Output = ()> + Send + 'static>>> {
+    async fn upgrade(&self, mut stream: TcpStream) -> Option<Upgraded> {
         let _ = stream.set_nodelay(true);
         let limits = &self.config.limits;
         let request = tokio::select! {
@@ -477,6 +518,27 @@ impl Accepted {
                 return None;
             }
         };
+
+        if !request.is_upgrade()
+            && let Some(response) = self.plain(&request).await
+        {
+            // The page's files are small; a client that does not take one
+            // in the handshake's time is not waited for.
+            let head_only = request.method == "HEAD";
+            let _ = tokio::time::timeout(
+                limits.handshake_timeout(),
+                response.write(&mut stream, head_only),
+            )
+            .await;
+            return None;
+        }
+        if let Some(dashboard) = &self.dashboard
+            && request.path == dashboard::FEED
+        {
+            return self
+                .dashboard_feed(stream, request, dashboard.clone())
+                .await;
+        }
 
         let admitted = match self.check(&request) {
             Ok(admitted) => admitted,
@@ -553,6 +615,65 @@ impl Accepted {
             self.stopping.clone(),
             (lease, _permit),
         )))
+    }
+
+    /// The answer to a request that is no WebSocket upgrade, when it is
+    /// not a route's: the dashboard's page, or a static file (or the 404
+    /// of the static files). `None` leaves it to the routes (426 for a
+    /// route's path, 404 for any other without static files).
+    async fn plain(&self, request: &Request) -> Option<crate::web::Response> {
+        if self.dashboard.is_some()
+            && request.path.starts_with(dashboard::PREFIX)
+            && let Some(page) = Dashboard::page(&request.path)
+        {
+            return Some(page);
+        }
+        let public = self.public.as_ref()?;
+        if self.routes.load().lookup(&request.path).is_some() {
+            return None;
+        }
+        Some(public.answer(request).await)
+    }
+
+    /// Upgrades the dashboard's feed on the public listener, for a client
+    /// whose token has one of `admin.dashboard_roles`.
+    async fn dashboard_feed(
+        &self,
+        mut stream: TcpStream,
+        request: Request,
+        dashboard: Arc<Dashboard>,
+    ) -> Option<Upgraded> {
+        let checked = (|| {
+            let key = handshake::check_upgrade(&request)?;
+            self.guard.check_origin(&request)?;
+            let mut query = parse_query(&request.query);
+            let token = self.guard.take_token(&request, &mut query);
+            self.guard
+                .authorize(token.as_deref(), &self.config.admin.dashboard_roles)?;
+            let permit = self
+                .admission
+                .admit(&Arc::from("_switchyard"), self.peer.ip())?;
+            Ok::<_, Rejection>((key, permit))
+        })();
+        let (key, permit) = match checked {
+            Ok(checked) => checked,
+            Err(rejection) => {
+                info!(peer = %self.peer, path = %request.path, status = rejection.status, reason = %rejection.body, "dashboard feed refused");
+                let _ = handshake::reject(&mut stream, &rejection).await;
+                return None;
+            }
+        };
+        if let Err(err) = handshake::accept(&mut stream, &key, None).await {
+            debug!(peer = %self.peer, error = %err, "dashboard upgrade failed");
+            return None;
+        }
+        let stopping = self.stopping.clone();
+        Some(Box::pin(async move {
+            dashboard
+                .feed(stream, request.leftover, stopping.started())
+                .await;
+            drop(permit);
+        }))
     }
 
     /// Routes an upgrade request and runs every check that may refuse it,

@@ -498,16 +498,16 @@ impl InstanceState {
     /// the connection whose event failed with 1011.
     async fn recover(&mut self, id: u64, err: wasmtime::Error) {
         self.consecutive_failures += 1;
+        let trap = err
+            .downcast_ref::<wasmtime::Trap>()
+            .map(|trap| trap.to_string())
+            .unwrap_or_else(|| err.root_cause().to_string());
         self.store()
             .data()
             .owned
             .route
             .metrics
-            .trapped(trap_kind(&err));
-        let trap = err
-            .downcast_ref::<wasmtime::Trap>()
-            .map(|trap| trap.to_string())
-            .unwrap_or_else(|| err.root_cause().to_string());
+            .trapped(trap_kind(&err), &trap);
         error!(route = %self.module.name, conn = id, trap = %trap, error = %format!("{err:?}"),
             "controller failed; replacing its instance");
         if let Some(handle) = self.store().data().owned.conns.get(&id) {

@@ -133,6 +133,8 @@ pub struct Module {
     pub instance: InstanceMode,
     /// Whether its code came from the compiled-module cache.
     pub compiled: Compiled,
+    /// The hash of the bytes it was built from ([`content_hash`]).
+    pub hash: String,
 }
 
 impl Module {
@@ -234,6 +236,7 @@ pub async fn load(runtime: &Arc<Runtime>, path: &Path) -> Result<(Module, String
         is_granted: info.is_granted,
         instance,
         compiled,
+        hash: hash.clone(),
     };
     Ok((module, hash))
 }

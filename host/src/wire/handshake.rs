@@ -50,6 +50,12 @@ impl Request {
             .map(|(_, value)| value.as_str())
     }
 
+    /// Whether the request asks for a WebSocket (`Upgrade: websocket`),
+    /// however well or badly.
+    pub fn is_upgrade(&self) -> bool {
+        self.header_has_token("Upgrade", "websocket")
+    }
+
     /// Whether the comma-separated header `name` lists `token`.
     fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers
@@ -193,7 +199,7 @@ fn reason_phrase(status: u16) -> &'static str {
 /// Checks that the request is a WebSocket upgrade this server speaks, as
 /// RFC 6455 §4.2.1 describes it, and returns its `Sec-WebSocket-Key`.
 pub fn check_upgrade(request: &Request) -> Result<String, Rejection> {
-    if !request.header_has_token("Upgrade", "websocket") {
+    if !request.is_upgrade() {
         return Err(Rejection::new(
             426,
             format!(
