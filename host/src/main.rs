@@ -195,9 +195,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(admin) = server.admin_addr() {
         tracing::info!("admin: http://{admin}/metrics, /healthz, /readyz");
     }
-    if let Some(dir) = public {
+    let page = public.inspect(|dir| {
         tracing::info!(folder = %dir.display(), "files: http://{addr}/");
-    }
+    });
     match (dashboard.dashboard, server.admin_addr()) {
         (false, _) => {}
         (true, Some(admin)) => tracing::info!("dashboard: http://{admin}/_switchyard/"),
@@ -207,6 +207,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ),
     }
     println!("listening on ws://{addr}");
+    if page.is_some() {
+        println!("open http://{addr}/ in a browser for the demo page");
+    }
     server.serve(listener, shutdown_signal()).await;
     Ok(())
 }

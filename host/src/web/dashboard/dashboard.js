@@ -100,21 +100,28 @@ function draw(snapshot) {
   });
 }
 
+/// Whether the feed has opened since the page loaded: then a close is the
+/// server going away, and the page retries with back-off; before, it is a
+/// refusal (no token, or one without the role), and the page waits for a
+/// token instead of asking again and again.
+let everOpened = false;
+
 function connect() {
   const ws = new WebSocket(feedUrl());
   let opened = false;
   ws.onopen = () => {
-    opened = true;
+    opened = everOpened = true;
     retry = 500;
     $("#login").hidden = true;
     setStatus("live", "live");
   };
   ws.onmessage = (event) => draw(JSON.parse(event.data));
   ws.onclose = (event) => {
-    if (!opened) {
-      // Refused before it opened: on the public port, most likely for
-      // want of a token (the browser does not tell us the HTTP status).
+    if (!opened && !everOpened) {
+      // The browser does not tell us the HTTP status of a refused upgrade.
       $("#login").hidden = false;
+      setStatus("not connected: the feed refused this page (a token is needed on this port)", "down");
+      return;
     }
     const why = event.code === 1001 ? "server went away" : `closed (${event.code})`;
     setStatus(`${why}: reconnecting in ${Math.round(retry / 1000)} s`, "down");
