@@ -4,7 +4,8 @@
 # tests and `chromium` with `chromium-driver` for the browser tests
 # (Debian's packages, with apt-get when run as root), and the Python
 # tools the conformance and outside-client tests drive (the Autobahn cases
-# through `kosoku`, Python's `websockets` client), in a virtual environment
+# through `kosoku`, Python's `websockets` client, componentize-py for the
+# Python controllers), in a virtual environment
 # under target/. CI (.ci/run) calls this script; so can you, on a fresh machine.
 # Arguments go to `cargo test`.
 set -euo pipefail
@@ -45,5 +46,7 @@ if ! cmp -s "$requirements" "$stamp" 2>/dev/null; then
 fi
 export SWITCHYARD_TEST_PYTHON="$venv/bin/python"
 export SWITCHYARD_TEST_KOSOKU="$venv/bin/kosoku"
+# The Python controllers' build tool, for the tests and for `up` in them.
+export SWITCHYARD_COMPONENTIZE_PY="$venv/bin/componentize-py"
 
 cargo test --workspace "$@"

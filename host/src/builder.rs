@@ -75,6 +75,11 @@ fn manifests(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Whether `dir` holds any controller crate.
+pub fn has_crates(dir: &Path) -> anyhow::Result<bool> {
+    Ok(!manifests(dir)?.is_empty())
+}
+
 /// Builds every controller crate under `dir` in release mode and returns
 /// the `.wasm` files placed in `dir`.
 pub fn build_controllers(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -82,7 +87,8 @@ pub fn build_controllers(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let manifests = manifests(dir)?;
     if manifests.is_empty() {
         bail!(
-            "no controller crates in {}: expected a Cargo.toml there or in a sub-folder",
+            "no controllers in {}: expected a Cargo.toml there or in a sub-folder, or a \
+             sub-folder with a pyproject.toml and an app.py",
             dir.display()
         );
     }

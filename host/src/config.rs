@@ -54,17 +54,6 @@ pub enum ConfigError {
         /// What the system said.
         error: std::io::Error,
     },
-    /// The static files' folder cannot be served.
-    #[error(
-        "cannot serve the public folder {}: {error}; create it or set `public = \"\"` to serve no files",
-        path.display()
-    )]
-    PublicDir {
-        /// The folder.
-        path: PathBuf,
-        /// What the system said.
-        error: std::io::Error,
-    },
 }
 
 fn in_file(file: Option<&Path>) -> String {

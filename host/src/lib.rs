@@ -18,6 +18,7 @@ mod cluster;
 pub mod config;
 pub mod journal;
 pub mod metrics;
+pub mod python;
 pub mod reload;
 mod routing;
 mod runtime;
@@ -50,6 +51,20 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListen
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// Builds every controller under `dir` (`switchyard build`, and `up` at
+/// start and on each change): the Rust crates with cargo, then the Python
+/// projects with componentize-py. Returns the modules placed.
+pub fn build_controllers(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let python = python::projects(dir)?;
+    let mut placed = if python.is_empty() || builder::has_crates(dir)? {
+        builder::build_controllers(dir)?
+    } else {
+        Vec::new()
+    };
+    placed.extend(python::build_projects(dir)?);
+    Ok(placed)
 }
 
 /// Loads the controllers of `config` and serves clients from `listener`

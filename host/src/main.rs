@@ -160,7 +160,7 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
 }
 
 fn build(dir: &std::path::Path) -> anyhow::Result<()> {
-    let placed = switchyard::builder::build_controllers(dir)?;
+    let placed = switchyard::build_controllers(dir)?;
     for file in &placed {
         eprintln!("switchyard: built {}", file.display());
     }

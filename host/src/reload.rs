@@ -382,7 +382,7 @@ pub async fn run(mut registry: Registry, mut changes: mpsc::UnboundedReceiver<Ch
     }
 }
 
-/// `up` mode: rebuilds the controller crates under `dir` whenever one of
+/// `up` mode: rebuilds the controllers (Rust crates, Python projects) under `dir` whenever one of
 /// their sources changes. Runs on its own thread; a failed build prints the
 /// compiler's errors and leaves the running modules alone.
 pub fn watch_sources(dir: PathBuf) -> anyhow::Result<()> {
@@ -403,12 +403,19 @@ pub fn watch_sources(dir: PathBuf) -> anyhow::Result<()> {
             let Ok(rel) = path.strip_prefix(&dir) else {
                 return false;
             };
-            let in_target = rel.components().any(|c| c.as_os_str() == "target");
+            let in_target = rel
+                .components()
+                .any(|c| c.as_os_str() == "target" || c.as_os_str() == "__pycache__");
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            !in_target && (name.ends_with(".rs") || name == "Cargo.toml" || name.ends_with(".wit"))
+            let source = name.ends_with(".rs")
+                || name == "Cargo.toml"
+                || name.ends_with(".wit")
+                || name.ends_with(".py")
+                || name == "pyproject.toml";
+            !in_target && source
         }
     };
     std::thread::Builder::new()
@@ -423,7 +430,7 @@ pub fn watch_sources(dir: PathBuf) -> anyhow::Result<()> {
                 // Let a burst of saves settle.
                 while rx.recv_timeout(Duration::from_millis(200)).is_ok() {}
                 info!(changed = %path.display(), "controller sources changed: rebuilding");
-                match crate::builder::build_controllers(&dir) {
+                match crate::build_controllers(&dir) {
                     Ok(placed) => info!(modules = placed.len(), "rebuild done"),
                     Err(err) => error!("{err:#}; the running modules keep serving"),
                 }

@@ -258,15 +258,17 @@ impl Server {
         if registry.routes().load().routes().next().is_none() {
             warn!(dir = %config.controllers.display(), "no controller loaded: every path will get 404");
         }
-        let public = match config.public() {
-            Some(dir) => Some(Arc::new(Public::new(dir).map_err(|error| {
-                ConfigError::PublicDir {
-                    path: dir.to_owned(),
-                    error,
-                }
-            })?)),
-            None => None,
-        };
+        // Static files are not what the server is for: a folder that is
+        // missing (a copied config) is said once, not fatal.
+        let public = config.public().and_then(|dir| match Public::new(dir) {
+            Ok(public) => Some(Arc::new(public)),
+            Err(err) => {
+                warn!(folder = %dir.display(), error = %err,
+                    "no static files: the public folder cannot be served, so plain GETs get 404 \
+                     (create it, or set `public = \"\"` to serve no files)");
+                None
+            }
+        });
         let stopping = connection::Shutdown::default();
         let mut dashboard = config.admin.dashboard.then(|| {
             Dashboard::new(

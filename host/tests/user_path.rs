@@ -87,6 +87,27 @@ async fn up_at_the_repository_root_swaps_in_an_edited_controller() {
         recv_text(&mut new).await,
         r#"{"data":"still here","type":"message","user":"old"}"#
     );
+
+    // The demo page is served from the copy's public/.
+    let page = support::http_get(&addr, "/");
+    assert!(page.contains("<title>Switchyard demo</title>"), "{page}");
+
+    // The Python sample was built by `up` too; an edit to it is rebuilt and
+    // swapped in under its open connection.
+    let mut ann = connect(&addr, "/py/rooms/lounge?name=ann").await;
+    let welcome = recv_text(&mut ann).await;
+    assert!(welcome.contains(r#""you":"ann""#), "{welcome}");
+    edit(
+        &root.path().join("controllers/pyrooms/app.py"),
+        "\"welcome\"",
+        "\"welcome-edited\"",
+    );
+    up.wait_for_all(&["new version live", "pyrooms.wasm"]);
+    let mut ben = connect(&addr, "/py/rooms/lounge?name=ben").await;
+    let welcome = recv_text(&mut ben).await;
+    assert!(welcome.contains(r#""type":"welcome-edited""#), "{welcome}");
+    assert!(welcome.contains(r#""present":["ann"]"#), "{welcome}");
+    assert_eq!(recv_text(&mut ann).await, r#"{"type":"join","user":"ben"}"#);
 }
 
 #[tokio::test]
@@ -208,7 +229,12 @@ async fn new_check_and_routes_at_the_repository_root() {
         "{out}"
     );
     assert_eq!(row("rooms")[3], "keyed:room", "{out}");
-    assert_eq!(lines.len(), 6, "a header and five routes:\n{out}");
+    assert_eq!(
+        row("pyrooms")[..4],
+        ["/py/rooms/{room}", "pyrooms", "anyone", "keyed:room"],
+        "{out}"
+    );
+    assert_eq!(lines.len(), 7, "a header and six routes:\n{out}");
 
     // A module that would be served, one that conflicts with another in
     // the folder, and one that is not a component: each says so.

@@ -162,8 +162,9 @@ fn copy_tree(from: &Path, to: &Path, skip: &dyn Fn(&Path) -> bool) {
 }
 
 /// A copy of the repository's layout as a user has it after cloning: the
-/// shipped `switchyard.toml` and the sample controllers' sources under
-/// `controllers/` (no built modules). Two things differ, neither about
+/// shipped `switchyard.toml`, the sample controllers' sources under
+/// `controllers/` (Rust and Python; no built modules) and the demo page in
+/// `public/`. Two things differ, neither about
 /// paths Switchyard reads: the samples depend on the repository's SDK by an
 /// absolute path, and build into `target/user-path/{name}` of the
 /// repository, so that a second run compiles no dependency again. Each
@@ -181,6 +182,9 @@ pub fn repository_copy(name: &str) -> tempfile::TempDir {
     copy_tree(&repo().join("controllers"), &controllers, &|path| {
         path.file_name().is_some_and(|n| n == "target")
             || path.extension().is_some_and(|ext| ext == "wasm")
+    });
+    copy_tree(&repo().join("public"), &root.path().join("public"), &|_| {
+        false
     });
     let manifest = controllers.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();

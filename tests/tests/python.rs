@@ -1,0 +1,185 @@
+//! Python controllers, built with componentize-py through the same code as
+//! `switchyard build` (`switchyard::python`), served like the Rust ones:
+//! the `pyrooms` sample (presence, history in host state, broadcast, a
+//! hot reload under open connections) and the `py-fault` test guest (an
+//! exception and a runaway loop each cost one connection, 1011, and the
+//! instance's state survives them).
+//!
+//! The modules are built once into `target/test-python/controllers/` and
+//! rebuilt only when their sources change; the server's compiled-module
+//! cache keeps their machine code between runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use futures_util::SinkExt as _;
+use serde_json::json;
+use switchyard_tests::*;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Builds the Python controllers once per test run and returns the path of
+/// the module `name`.
+fn python_module(name: &str) -> PathBuf {
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = match &*built {
+        Some(dir) => dir.clone(),
+        None => {
+            // `switchyard build` takes componentize-py from here; fail, as
+            // for the other outside tools, when it is missing.
+            outside_tool("SWITCHYARD_COMPONENTIZE_PY");
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let dir = repo.join("target/test-python/controllers");
+            std::fs::create_dir_all(&dir).unwrap();
+            for (link, project) in [
+                ("pyrooms", repo.join("controllers/pyrooms")),
+                ("py-fault", repo.join("tests/guests/py-fault")),
+            ] {
+                let link = dir.join(link);
+                if !link.exists() {
+                    std::os::unix::fs::symlink(project.canonicalize().unwrap(), &link).unwrap();
+                }
+            }
+            let placed = switchyard::python::build_projects(&dir).unwrap();
+            assert_eq!(placed.len(), 2, "{placed:?}");
+            *built = Some(dir.clone());
+            dir
+        }
+    };
+    dir.join(format!("{name}.wasm"))
+}
+
+/// A server whose controllers folder holds the Python modules `names`.
+async fn serve_python(names: &[&str], config: Config) -> TestServer {
+    let modules: Vec<PathBuf> = names.iter().map(|name| python_module(name)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    for module in modules {
+        std::fs::copy(&module, dir.path().join(module.file_name().unwrap())).unwrap();
+    }
+    TestServer::start_in(dir, config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_rooms_sample_serves_rooms_and_survives_a_reload() {
+    let mut server = serve_python(&["pyrooms"], patient_config()).await;
+    assert!(server.rejected.is_empty(), "{:?}", server.rejected);
+
+    let mut ann = server.connect("/py/rooms/lounge?name=ann").await;
+    let welcome = recv_json(&mut ann).await;
+    assert_eq!(
+        welcome,
+        json!({"type": "welcome", "room": "lounge", "you": "ann", "present": [], "history": []})
+    );
+    let mut bob = server.connect("/py/rooms/lounge?name=bob").await;
+    assert_eq!(recv_json(&mut bob).await["present"], json!(["ann"]));
+    assert_eq!(
+        recv_json(&mut ann).await,
+        json!({"type": "join", "user": "bob"})
+    );
+    // Another room is another instance: it hears nothing.
+    let mut far = server.connect("/py/rooms/attic?name=far").await;
+    assert_eq!(recv_json(&mut far).await["present"], json!([]));
+
+    // Messages reach everyone in the room, the sender too, in order.
+    for n in 0..200 {
+        send_text(&mut ann, &format!("m{n}")).await;
+    }
+    for client in [&mut ann, &mut bob] {
+        for n in 0..200 {
+            let message = recv_json(client).await;
+            assert_eq!(
+                message,
+                json!({"type": "message", "user": "ann", "data": format!("m{n}")})
+            );
+        }
+    }
+    // Binary is ignored; too long is refused to the sender only.
+    ann.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    send_text(&mut ann, &"x".repeat(2001)).await;
+    assert_eq!(recv_json(&mut ann).await["type"], "error");
+
+    // A new version of the module (the same code, another file) goes live
+    // under the open connections; the history in the host stays.
+    let mut variant = std::fs::read(server.file("pyrooms.wasm")).unwrap();
+    variant.extend_from_slice(&[0, 9, 7]);
+    variant.extend_from_slice(b"variant");
+    variant.push(1);
+    std::fs::write(server.file("pyrooms.wasm"), variant).unwrap();
+    server.until_live("pyrooms.wasm").await;
+    send_text(&mut bob, "after the reload").await;
+    let after = json!({"type": "message", "user": "bob", "data": "after the reload"});
+    assert_eq!(recv_json(&mut ann).await, after);
+    assert_eq!(recv_json(&mut bob).await, after);
+    let mut cat = server.connect("/py/rooms/lounge?name=cat").await;
+    let welcome = recv_json(&mut cat).await;
+    let mut present: Vec<String> = serde_json::from_value(welcome["present"].clone()).unwrap();
+    present.sort();
+    assert_eq!(present, ["ann", "bob"]);
+    let history = welcome["history"].as_array().unwrap();
+    assert_eq!(history.len(), 20);
+    assert_eq!(history[19], after);
+    assert_eq!(history[0]["data"], "m181");
+
+    // Leaving is told to the others.
+    bob.close(None).await.unwrap();
+    assert_eq!(recv_json(&mut ann).await["type"], "join"); // cat
+    assert_eq!(
+        recv_json(&mut ann).await,
+        json!({"type": "leave", "user": "bob"})
+    );
+    drop(far);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_exception_or_loop_costs_one_connection() {
+    let mut config = patient_config();
+    config.sandbox.event_budget_ms = 300;
+    let server = serve_python(&["py-fault"], config).await;
+    assert!(server.rejected.is_empty(), "{:?}", server.rejected);
+    let mut bystander = server.connect("/py/fault?who=me").await;
+    let who = {
+        send_text(&mut bystander, "who").await;
+        recv_json(&mut bystander).await
+    };
+    assert_eq!(who["path"], "/py/fault");
+    assert_eq!(who["query"], json!({"who": "me"}));
+    send_text(&mut bystander, "count").await;
+    assert_eq!(recv_text(&mut bystander).await, "1");
+
+    for command in ["raise", "loop"] {
+        let mut victim = server.connect("/py/fault").await;
+        send_text(&mut victim, "hello").await;
+        assert_eq!(recv_text(&mut victim).await, "hello");
+        send_text(&mut victim, command).await;
+        let close = expect_close(&mut victim).await;
+        assert_eq!(close.code, 1011.into(), "{command}");
+        // The other connection is served by the new instance, which still
+        // knows it (from the host) and the count (in the host's store).
+        send_text(&mut bystander, "who").await;
+        assert_eq!(
+            recv_json(&mut bystander).await["query"],
+            json!({"who": "me"}),
+            "{command}"
+        );
+        send_text(&mut bystander, "count").await;
+        let count = recv_text(&mut bystander).await;
+        assert_eq!(count, if command == "raise" { "2" } else { "3" });
+    }
+    // The exception's traceback is in the host's log, tagged.
+    server
+        .logs()
+        .wait_for(&["RuntimeError", "asked to fail"])
+        .await;
+
+    send_text(&mut bystander, "all everyone").await;
+    assert_eq!(recv_text(&mut bystander).await, "everyone");
+    assert_eq!(recv_text(&mut bystander).await, "1");
+    send_text(&mut bystander, "close").await;
+    let close = expect_close(&mut bystander).await;
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4000, "asked")
+    );
+    server.stop().await;
+}
