@@ -5,8 +5,9 @@
 # (Debian's packages, with apt-get when run as root), and the Python
 # tools the conformance and outside-client tests drive (the Autobahn cases
 # through `kosoku`, Python's `websockets` client, componentize-py for the
-# Python controllers), in a virtual environment
-# under target/. CI (.ci/run) calls this script; so can you, on a fresh machine.
+# Python controllers), in a virtual environment under target/, and
+# ComponentizeJS for the JavaScript controllers (npm, into target/test-node).
+# CI (.ci/run) calls this script; so can you, on a fresh machine.
 # Arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,21 @@ if ! cmp -s "$requirements" "$stamp" 2>/dev/null; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
     cp "$requirements" "$stamp"
 fi
+# ComponentizeJS for the JavaScript controllers, with npm, under target/.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    echo "scripts/test.sh: the JavaScript controllers' tests need Node.js 20 or later with npm;" \
+        "install them (https://nodejs.org, or Debian: apt-get install nodejs npm) and run this again" >&2
+    exit 1
+fi
+node_tools="${SWITCHYARD_JS_TOOLS:-$PWD/target/test-node}"
+if ! cmp -s guest-sdk/js/tools/package-lock.json "$node_tools/.installed-lock"; then
+    mkdir -p "$node_tools"
+    cp guest-sdk/js/tools/package.json guest-sdk/js/tools/package-lock.json "$node_tools/"
+    npm ci --silent --no-audit --no-fund --prefix "$node_tools"
+    cp guest-sdk/js/tools/package-lock.json "$node_tools/.installed-lock"
+fi
+export SWITCHYARD_JS_TOOLS="$node_tools"
+
 export SWITCHYARD_TEST_PYTHON="$venv/bin/python"
 export SWITCHYARD_TEST_KOSOKU="$venv/bin/kosoku"
 # The Python controllers' build tool, for the tests and for `up` in them.

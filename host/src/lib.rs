@@ -17,8 +17,8 @@ pub mod builder;
 mod cluster;
 pub mod config;
 pub mod journal;
+pub mod languages;
 pub mod metrics;
-pub mod python;
 pub mod reload;
 mod routing;
 mod runtime;
@@ -55,15 +55,14 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListen
 
 /// Builds every controller under `dir` (`switchyard build`, and `up` at
 /// start and on each change): the Rust crates with cargo, then the Python
-/// projects with componentize-py. Returns the modules placed.
+/// and JavaScript projects (see [`languages`]). Returns the modules placed.
 pub fn build_controllers(dir: &std::path::Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
-    let python = python::projects(dir)?;
-    let mut placed = if python.is_empty() || builder::has_crates(dir)? {
+    let mut placed = if !languages::has_projects(dir)? || builder::has_crates(dir)? {
         builder::build_controllers(dir)?
     } else {
         Vec::new()
     };
-    placed.extend(python::build_projects(dir)?);
+    placed.extend(languages::build_projects(dir)?);
     Ok(placed)
 }
 

@@ -382,7 +382,7 @@ pub async fn run(mut registry: Registry, mut changes: mpsc::UnboundedReceiver<Ch
     }
 }
 
-/// `up` mode: rebuilds the controllers (Rust crates, Python projects) under `dir` whenever one of
+/// `up` mode: rebuilds the controllers (Rust crates, Python and JavaScript projects) under `dir` whenever one of
 /// their sources changes. Runs on its own thread; a failed build prints the
 /// compiler's errors and leaves the running modules alone.
 pub fn watch_sources(dir: PathBuf) -> anyhow::Result<()> {
@@ -403,9 +403,12 @@ pub fn watch_sources(dir: PathBuf) -> anyhow::Result<()> {
             let Ok(rel) = path.strip_prefix(&dir) else {
                 return false;
             };
-            let in_target = rel
-                .components()
-                .any(|c| c.as_os_str() == "target" || c.as_os_str() == "__pycache__");
+            let in_target = rel.components().any(|c| {
+                matches!(
+                    c.as_os_str().to_str(),
+                    Some("target" | "__pycache__" | "node_modules")
+                )
+            });
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -414,7 +417,10 @@ pub fn watch_sources(dir: PathBuf) -> anyhow::Result<()> {
                 || name == "Cargo.toml"
                 || name.ends_with(".wit")
                 || name.ends_with(".py")
-                || name == "pyproject.toml";
+                || name == "pyproject.toml"
+                || name.ends_with(".js")
+                || name.ends_with(".mjs")
+                || name == "package.json";
             !in_target && source
         }
     };

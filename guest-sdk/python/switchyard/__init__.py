@@ -57,8 +57,9 @@ __all__ = [
 
 
 class HostError(Exception):
-    """A host call was refused; ``kind`` says why (``"unknown-connection"``,
-    ``"too-large"``, ``"limit-exceeded"``, ``"invalid-argument"``, …)."""
+    """A host call was refused; ``kind`` says why: ``"unknown-connection"``,
+    ``"closed"``, ``"too-large"``, ``"slow-consumer"`` or
+    ``"invalid-close-code"``."""
 
     def __init__(self, kind: str):
         super().__init__(kind)
