@@ -234,7 +234,12 @@ async fn new_check_and_routes_at_the_repository_root() {
         ["/py/rooms/{room}", "pyrooms", "anyone", "keyed:room"],
         "{out}"
     );
-    assert_eq!(lines.len(), 7, "a header and six routes:\n{out}");
+    assert_eq!(
+        row("jsrooms")[..4],
+        ["/js/rooms/{room}", "jsrooms", "anyone", "keyed:room"],
+        "{out}"
+    );
+    assert_eq!(lines.len(), 8, "a header and seven routes:\n{out}");
 
     // A module that would be served, one that conflicts with another in
     // the folder, and one that is not a component: each says so.
