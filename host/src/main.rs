@@ -27,7 +27,8 @@ enum Command {
     Up(ServeArgs),
     /// Print a development token signed with the configured HS256 secret.
     Token(TokenArgs),
-    /// Create a controller crate in the controllers folder, ready to build.
+    /// Create a controller in the controllers folder, ready to build: a
+    /// Rust crate, or with --lang a Python or JavaScript project.
     New(NewArgs),
     /// Load modules as the server would and say what each would serve or
     /// exactly why it would be refused (exit status 1 if any would be).
@@ -44,7 +45,10 @@ struct NewArgs {
     /// The route it serves (default: /NAME).
     #[arg(long)]
     route: Option<String>,
-    /// Folder of controller crates.
+    /// The language to write it in.
+    #[arg(long, value_enum, default_value_t)]
+    lang: switchyard::scaffold::Lang,
+    /// Folder of controllers.
     #[arg(long)]
     controllers: Option<PathBuf>,
     /// Config file (default: ./switchyard.toml when it exists).
@@ -354,6 +358,7 @@ fn run() -> anyhow::Result<()> {
                 &config.controllers_dir()?,
                 &args.name,
                 &route,
+                args.lang,
             )?;
             println!(
                 "created {}: `switchyard up` builds it and serves it at {route}",

@@ -5,7 +5,8 @@
 //! history in host state, broadcast, a hot reload under open connections)
 //! and the fault guests (`py-fault`, `js-fault`: an exception and a
 //! runaway loop each cost one connection, 1011, and the instance's state
-//! survives them).
+//! survives them), and the controllers `switchyard new --lang python|js`
+//! writes, built and served as they come.
 //!
 //! The modules are built once into `target/test-languages/controllers/`
 //! and rebuilt only when their sources change; the server's compiled-module
@@ -16,6 +17,7 @@ use std::sync::Mutex;
 
 use futures_util::SinkExt as _;
 use serde_json::json;
+use switchyard::scaffold::{Lang, new_controller};
 use switchyard_tests::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -53,8 +55,19 @@ fn module_of(name: &str) -> PathBuf {
                     std::os::unix::fs::symlink(project.canonicalize().unwrap(), &link).unwrap();
                 }
             }
+            // What `switchyard new` writes today, written afresh each run
+            // (the unchanged text is not rebuilt).
+            let fresh = repo.join("target/test-languages/new");
+            let _ = std::fs::remove_dir_all(&fresh);
+            std::fs::create_dir_all(&fresh).unwrap();
+            for (name, lang) in [("hello-py", Lang::Python), ("hello-js", Lang::Js)] {
+                let made = new_controller(&fresh, name, &format!("/{name}"), lang).unwrap();
+                let link = dir.join(name);
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(made, &link).unwrap();
+            }
             let placed = switchyard::languages::build_projects(&dir).unwrap();
-            assert_eq!(placed.len(), 4, "{placed:?}");
+            assert_eq!(placed.len(), 6, "{placed:?}");
             *built = Some(dir.clone());
             dir
         }
@@ -72,15 +85,31 @@ async fn serve_modules(names: &[&str], config: Config) -> TestServer {
     TestServer::start_in(dir, config).await
 }
 
-/// One test, the four cases in turn: run side by side, their first build
-/// (four modules) stalled the test process (seen twice, not explained),
-/// while each case alone passes.
+/// One test, the cases in turn: run side by side, their first build (four
+/// modules) stalled the test process (seen twice, not explained), while
+/// each case alone passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_and_javascript_controllers() {
     rooms_sample("pyrooms", "/py/rooms").await;
     rooms_sample("jsrooms", "/js/rooms").await;
     faults("py-fault", "/py/fault", &["RuntimeError", "asked to fail"]).await;
     faults("js-fault", "/js/fault", &["asked to fail by"]).await;
+    scaffolded("hello-py").await;
+    scaffolded("hello-js").await;
+}
+
+/// The controller `switchyard new NAME --lang …` wrote: it greets, then
+/// echoes text and binary.
+async fn scaffolded(name: &str) {
+    let server = serve_modules(&[name], patient_config()).await;
+    assert!(server.rejected.is_empty(), "{:?}", server.rejected);
+    let mut client = server.connect(&format!("/{name}")).await;
+    assert_eq!(recv_text(&mut client).await, format!("Hello from {name}!"));
+    send_text(&mut client, "héllo").await;
+    assert_eq!(recv_text(&mut client).await, "héllo");
+    client.send(Message::binary(vec![0, 1, 255])).await.unwrap();
+    assert_eq!(recv(&mut client).await, Message::binary(vec![0, 1, 255]));
+    server.stop().await;
 }
 
 /// The rooms sample `name`, served at `prefix/{room}`.
