@@ -629,6 +629,14 @@ pub struct Sandbox {
     pub event_budget_ms: u64,
     /// Linear memory one instance may grow to, in bytes.
     pub max_memory_bytes: usize,
+    /// When an event grows an instance's memory past this percentage of
+    /// `max_memory_bytes`, the instance is replaced by a fresh one after
+    /// that event, as a hot reload replaces it: every connection stays
+    /// open, and what the instance kept in its own memory is gone (what it
+    /// keeps in the host stays). A guest that leaks (ComponentizeJS 0.23
+    /// leaks about 1 KiB per call) keeps serving instead of reaching the
+    /// cap, where the event that hits it fails with 1011. 0 turns it off.
+    pub recycle_memory_percent: u8,
     /// Largest value (with its key) in an instance's key-value store.
     pub state_value_bytes: usize,
     /// Total size of keys and values in an instance's key-value store.
@@ -656,6 +664,7 @@ impl Default for Sandbox {
         Sandbox {
             event_budget_ms: 500,
             max_memory_bytes: 64 << 20,
+            recycle_memory_percent: 75,
             state_value_bytes: 64 << 10,
             state_total_bytes: 16 << 20,
             attachment_bytes: 16 << 10,
@@ -825,6 +834,11 @@ impl Config {
         for (key, value) in positive {
             ensure!(value > 0, "`{key}` must be greater than 0");
         }
+        ensure!(
+            self.sandbox.recycle_memory_percent < 100,
+            "`sandbox.recycle_memory_percent` ({}) must be below 100 (0 turns recycling off)",
+            self.sandbox.recycle_memory_percent
+        );
         ensure!(
             self.sandbox.pool_instances > RESERVED_INSTANCES,
             "`sandbox.pool_instances` ({}) must be more than {RESERVED_INSTANCES}: that many slots \

@@ -402,6 +402,7 @@ pub struct Metrics {
     deliveries: Family<RouteLabel, Count>,
     slow_consumers: Family<RouteLabel, Counter>,
     instances: Family<RouteLabel, Gauge>,
+    recycled: Family<RouteLabel, Counter>,
     events: Family<EventLabels, Durations>,
     traps: Family<TrapLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
@@ -431,6 +432,7 @@ impl Metrics {
         let deliveries = Family::<RouteLabel, Count>::default();
         let slow_consumers = Family::<RouteLabel, Counter>::default();
         let instances = Family::<RouteLabel, Gauge>::default();
+        let recycled = Family::<RouteLabel, Counter>::default();
         let events = Family::<EventLabels, Durations>::default();
         let traps = Family::<TrapLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
@@ -484,6 +486,12 @@ impl Metrics {
             slow_consumers.clone(),
         );
         registry.register("instances", "Live controller instances", instances.clone());
+        registry.register(
+            "instances_recycled",
+            "Instances replaced after an event because their memory passed \
+             sandbox.recycle_memory_percent of the cap (no connection is closed)",
+            recycled.clone(),
+        );
         registry.register_with_unit(
             "event_duration",
             "Time a controller took for one event, in the guest",
@@ -522,6 +530,7 @@ impl Metrics {
             deliveries,
             slow_consumers,
             instances,
+            recycled,
             events,
             traps,
             reloads,
@@ -619,6 +628,7 @@ impl Metrics {
             deliveries: self.deliveries.get_or_create(&route).clone(),
             slow_consumers: self.slow_consumers.get_or_create(&route).clone(),
             instances: self.instances.get_or_create(&route).clone(),
+            recycled: self.recycled.get_or_create(&route).clone(),
             events: [
                 event(EventKind::open),
                 event(EventKind::message),
@@ -679,6 +689,9 @@ pub struct RouteMetrics {
     pub slow_consumers: Counter,
     /// Live instances.
     pub instances: Gauge,
+    /// Instances replaced because their memory grew past the recycling
+    /// mark.
+    pub recycled: Counter,
     events: [Durations; 4],
     /// The server's families, for what is counted by a label other than
     /// the route (close codes, traps); `None` for a route that serves no

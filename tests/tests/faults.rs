@@ -199,3 +199,64 @@ async fn wasi_grants_nothing() {
     );
     server.stop().await;
 }
+
+/// An event that grows an instance's memory past
+/// `sandbox.recycle_memory_percent` of the cap gets the instance replaced
+/// after it: its reply arrives, no connection closes, the guest's own
+/// memory is gone and the next events run on the fresh instance. With
+/// recycling off the same guest reaches the cap, and the event that does
+/// fails with 1011.
+#[tokio::test]
+async fn an_instance_past_the_memory_mark_is_recycled_and_no_one_is_closed() {
+    let mut config = fault_config();
+    config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.sandbox.max_memory_bytes = 32 << 20;
+    config.sandbox.recycle_memory_percent = 75; // 24 MiB
+    config.sandbox.event_budget_ms = 5_000;
+    let server = TestServer::start_with(&["fault"], config.clone()).await;
+    let logs = server.logs();
+    let mut ann = server.connect("/fault").await;
+    let mut bob = server.connect("/fault").await;
+    assert_eq!(ask(&mut ann, "hoard 8").await, "hoarding 8 MiB");
+    assert_eq!(ask(&mut bob, "hoard 8").await, "hoarding 16 MiB");
+    // Past the mark: the reply still comes, then the instance is replaced.
+    assert_eq!(ask(&mut ann, "hoard 10").await, "hoarding 26 MiB");
+    logs.wait_for(&["instance recycled", "route=fault", "conn="])
+        .await;
+    assert_eq!(ask(&mut bob, "hoard 1").await, "hoarding 1 MiB");
+    assert_eq!(ask(&mut ann, "still here").await, "still here");
+    // Forty more steps, several times the cap in all, never a close: each
+    // answer is 6 MiB more than the last, or 6 from a fresh instance.
+    let (mut held, mut fresh) = (1, 0);
+    for _ in 0..40 {
+        let answer = ask(&mut ann, "hoard 6").await;
+        let now: usize = answer
+            .trim_start_matches("hoarding ")
+            .trim_end_matches(" MiB")
+            .parse()
+            .unwrap();
+        assert!(now == held + 6 || now == 6, "{answer} after {held} MiB");
+        fresh += usize::from(now == 6);
+        held = now;
+    }
+    assert!(fresh >= 8, "recycled {fresh} times in 40 steps");
+    assert_eq!(ask(&mut bob, "after all that").await, "after all that");
+    let text = metrics(&server).await;
+    let recycled = metric_value(
+        &text,
+        "switchyard_instances_recycled_total{route=\"fault\"}",
+    )
+    .unwrap();
+    assert!(recycled >= 10.0, "{recycled}\n{text}");
+    let failed = "switchyard_connections_closed_total{route=\"fault\",code=\"1011\"}";
+    assert_eq!(metric_value(&text, failed), None, "{text}");
+    server.stop().await;
+
+    config.sandbox.recycle_memory_percent = 0;
+    let server = TestServer::start_with(&["fault"], config).await;
+    let mut ann = server.connect("/fault").await;
+    assert_eq!(ask(&mut ann, "hoard 20").await, "hoarding 20 MiB");
+    send_text(&mut ann, "hoard 20").await;
+    assert_eq!(expect_close(&mut ann).await.code, CloseCode::Error);
+    server.stop().await;
+}

@@ -77,18 +77,20 @@ struct Sample {
     reload_ms: f64,
 }
 
-/// The metrics reported, with how to read each from a sample and whether
-/// more is better.
-const METRICS: [(&str, fn(&Sample) -> f64, bool); 9] = [
-    ("start-up, cold cache, ms", |s| s.cold_ms, false),
-    ("start-up, warm cache, ms", |s| s.warm_ms, false),
-    ("instantiations/s", |s| s.instances_per_s, true),
-    ("in-process event, µs", |s| s.event_us, false),
-    ("echo 100 × 32 B, msgs/s", |s| s.echo_per_s, true),
-    ("echo, server CPU µs/msg", |s| s.cpu_us, false),
-    ("echo, p50 round trip µs", |s| s.p50_us, false),
-    ("echo, p99 round trip µs", |s| s.p99_us, false),
-    ("hot reload → first echo, ms", |s| s.reload_ms, false),
+/// Reads one metric from a sample.
+type Read = fn(&Sample) -> f64;
+
+/// The metrics reported, with how to read each from a sample.
+const METRICS: [(&str, Read); 9] = [
+    ("start-up, cold cache, ms", |s| s.cold_ms),
+    ("start-up, warm cache, ms", |s| s.warm_ms),
+    ("instantiations/s", |s| s.instances_per_s),
+    ("in-process event, µs", |s| s.event_us),
+    ("echo 100 × 32 B, msgs/s", |s| s.echo_per_s),
+    ("echo, server CPU µs/msg", |s| s.cpu_us),
+    ("echo, p50 round trip µs", |s| s.p50_us),
+    ("echo, p99 round trip µs", |s| s.p99_us),
+    ("hot reload → first echo, ms", |s| s.reload_ms),
 ];
 
 fn ms(d: Duration) -> f64 {
@@ -274,7 +276,7 @@ fn report(langs: &[Lang], rounds: &[Vec<Sample>]) {
         print!("---:|");
     }
     println!();
-    for (label, read, _) in METRICS {
+    for (label, read) in METRICS {
         print!("| {label} |");
         for at in 0..langs.len() {
             print!(" {} |", cell(rounds.iter().map(|r| read(&r[at])).collect()));

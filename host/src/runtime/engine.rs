@@ -16,8 +16,8 @@ use wasmtime::component::{Component, HasSelf, Linker};
 
 use tracing::warn;
 use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimitsBuilder,
-    UpdateDeadline,
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 
 use crate::cluster::{Cluster, Scope};
@@ -50,6 +50,8 @@ pub struct Runtime {
     /// Epoch ticks one event may use.
     budget_ticks: u64,
     max_memory_bytes: usize,
+    /// Memory past which an instance is recycled after its event.
+    recycle_at: usize,
     sizes: GuestSizes,
     /// The server's metric families; each route takes its handles from it.
     metrics: Arc<Metrics>,
@@ -131,6 +133,10 @@ impl Runtime {
             linker,
             budget_ticks: config.sandbox.event_budget_ms.div_ceil(tick_ms).max(1),
             max_memory_bytes: config.sandbox.max_memory_bytes,
+            recycle_at: match config.sandbox.recycle_memory_percent {
+                0 => usize::MAX,
+                percent => config.sandbox.max_memory_bytes / 100 * usize::from(percent),
+            },
             sizes: GuestSizes::of(&config),
             metrics: Arc::new(metrics),
             cache: config
@@ -232,9 +238,15 @@ impl Runtime {
             .memory_size(self.max_memory_bytes)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState::new(route, owned, self.sizes, limits);
+        let memory = MemoryCap {
+            limits,
+            recycle_at: self.recycle_at,
+            past_mark: false,
+            high_water: 0,
+        };
+        let state = HostState::new(route, owned, self.sizes, memory);
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| &mut state.memory);
         store.epoch_deadline_callback(|mut ctx| {
             let state = ctx.data_mut();
             state.ticks_left = state.ticks_left.saturating_sub(1);
@@ -251,6 +263,71 @@ impl Runtime {
     pub fn arm_budget(&self, store: &mut Store<HostState>) {
         store.data_mut().ticks_left = self.budget_ticks;
         store.set_epoch_deadline(1);
+    }
+}
+
+/// An instance's memory cap (`sandbox.max_memory_bytes`, wasmtime's
+/// `StoreLimits`), which also notes when the memory grew past the
+/// recycling mark (`sandbox.recycle_memory_percent`).
+pub struct MemoryCap {
+    limits: StoreLimits,
+    recycle_at: usize,
+    /// A memory grew past the mark; the instance is replaced after the
+    /// event that grew it.
+    pub past_mark: bool,
+    /// The largest size a memory of the instance grew to.
+    high_water: usize,
+}
+
+impl MemoryCap {
+    /// The largest size, in bytes, a memory of the instance grew to.
+    pub fn high_water(&self) -> usize {
+        self.high_water
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.past_mark |= desired > self.recycle_at;
+            self.high_water = self.high_water.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
     }
 }
 

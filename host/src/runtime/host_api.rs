@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use wasmtime::StoreLimits;
+use crate::runtime::engine::MemoryCap;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -129,15 +129,15 @@ pub struct HostState {
     pub sizes: GuestSizes,
     /// Epoch ticks left for the running event; see `instance`.
     pub ticks_left: u64,
-    /// Caps the instance's memory.
-    pub limits: StoreLimits,
+    /// Caps the instance's memory and notes when it should be recycled.
+    pub memory: MemoryCap,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
 impl HostState {
     /// State for a fresh instance owning `conns`.
-    pub fn new(route: Arc<str>, owned: HostOwned, sizes: GuestSizes, limits: StoreLimits) -> Self {
+    pub fn new(route: Arc<str>, owned: HostOwned, sizes: GuestSizes, memory: MemoryCap) -> Self {
         // No preopened directories, no network, no environment, no args.
         let wasi = WasiCtx::builder()
             .stdout(crate::runtime::guest_log::GuestOutput::new(
@@ -157,7 +157,7 @@ impl HostState {
             route,
             sizes,
             ticks_left: 0,
-            limits,
+            memory,
             wasi,
             table: ResourceTable::new(),
         }

@@ -303,6 +303,9 @@ async fn instantiate(runtime: &Runtime, module: &Module) -> wasmtime::Result<Ins
     let mut store = runtime.new_store(module.name.clone(), runtime.detached_owned());
     runtime.arm_budget(&mut store);
     let controller = module.pre.instantiate_async(&mut store).await?;
+    // What instantiating grew does not count: only an event's growth
+    // recycles the instance.
+    store.data_mut().memory.past_mark = false;
     let on_message = OnMessage::new(&controller, &store)?;
     Ok(Instantiated {
         store,
@@ -463,8 +466,34 @@ impl InstanceState {
                         "route recovered: an event succeeded after repeated failures");
                 }
                 self.consecutive_failures = 0;
+                if self.store().data().memory.past_mark {
+                    Box::pin(self.recycle(id)).await;
+                }
             }
             Err(err) => Box::pin(self.recover(id, err)).await,
+        }
+    }
+
+    /// Replaces an instance whose memory grew past the recycling mark in
+    /// the event of connection `id` (which succeeded) with a fresh one,
+    /// keeping the connection table: no connection is closed. If the new
+    /// instance cannot be had, the old one goes on.
+    async fn recycle(&mut self, id: u64) {
+        self.store().data_mut().memory.past_mark = false;
+        let memory = self.store().data().memory.high_water();
+        match instantiate(&self.runtime, &self.module).await {
+            Ok(mut live) => {
+                live.store.data_mut().owned = self.take_owned();
+                live.store.data().owned.route.metrics.recycled.inc();
+                self.live = Some(live);
+                info!(route = %self.module.name, conn = id, memory_bytes = memory,
+                    "instance recycled: an event grew its memory past \
+                     sandbox.recycle_memory_percent of the cap; a fresh instance serves on");
+            }
+            Err(err) => {
+                warn!(route = %self.module.name, error = %format!("{err:#}"),
+                    "cannot recycle the instance (its memory passed the recycling mark); it serves on");
+            }
         }
     }
 

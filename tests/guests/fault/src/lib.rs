@@ -7,6 +7,8 @@
 //!   must stop it).
 //! - `recurse`: recurses without bound (stack overflow).
 //! - `huge <MiB>`: returns a message of that many MiB (default 100).
+//! - `hoard <MiB>`: allocates that many MiB more and keeps them (in the
+//!   instance), then answers how many MiB it holds in all.
 //! - `bogus`: sends to and closes connection ids that do not exist, and
 //!   answers with each host result as JSON.
 //! - `close-twice`: closes its own connection twice; answers nothing, but
@@ -23,7 +25,10 @@ use switchyard_sdk::{CloseInfo, Connection, Controller, HostError, LogLevel, Mes
 
 #[socket_route(route = "/fault", name = "fault")]
 #[derive(Default)]
-struct Fault;
+struct Fault {
+    /// What `hoard` keeps: gone only with the instance.
+    hoard: Vec<Vec<u8>>,
+}
 
 /// Panics if a `fail-next` countdown is running, after counting down.
 fn maybe_fail(event: &str) {
@@ -76,6 +81,11 @@ impl Controller for Fault {
                 }
             }
             "recurse" => Some(Message::text(recurse(0).to_string())),
+            "hoard" => {
+                let mib: usize = arg.parse().unwrap_or(1);
+                self.hoard.extend((0..mib).map(|_| vec![1u8; 1 << 20]));
+                Some(Message::text(format!("hoarding {} MiB", self.hoard.len())))
+            }
             "huge" => {
                 let mib: usize = arg.parse().unwrap_or(100);
                 Some(Message::binary(vec![7u8; mib << 20]))
