@@ -260,8 +260,10 @@ fn report(langs: &[Lang], rounds: &[Vec<Sample>]) {
         let m = median(values);
         if m >= 100.0 {
             format!("{m:.0} [{lo:.0}–{hi:.0}]")
-        } else {
+        } else if m >= 0.1 {
             format!("{m:.2} [{lo:.2}–{hi:.2}]")
+        } else {
+            format!("{m:.4} [{lo:.4}–{hi:.4}]")
         }
     };
     print!("\n| metric |");
