@@ -12,7 +12,6 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -416,6 +415,7 @@ impl Server {
                 metrics: metrics.clone(),
                 public: public.clone(),
                 dashboard: dashboard.clone(),
+                tracker: tracker.clone(),
                 peer,
             };
             tracker.spawn(conn.run(stream, upgrading));
@@ -457,33 +457,30 @@ struct Accepted {
     metrics: Arc<Metrics>,
     public: Option<Arc<Public>>,
     dashboard: Option<Arc<Dashboard>>,
+    /// Where an upgraded connection's task is spawned (the server waits
+    /// for them at shutdown).
+    tracker: TaskTracker,
     peer: std::net::SocketAddr,
 }
 
-/// What runs on an accepted socket after its upgrade.
-type Upgraded = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
 impl Accepted {
+    /// The handshake, in the accepted socket's task. The connection it
+    /// upgrades to runs in a task of its own, spawned at the size of its
+    /// future, and this one ends: nothing of the handshake (this struct,
+    /// its future) stays allocated for the connection's life.
     async fn run(self, stream: TcpStream, upgrading: UpgradePermit) {
-        // Both phases are boxed, so the task of every connection is small:
-        // the handshake's futures are freed after the upgrade, and the
-        // connection's are allocated at their own size.
-        let connection = Box::pin(self.upgrade(stream)).await;
+        self.upgrade(stream).await;
         drop(upgrading);
-        if let Some(connection) = connection {
-            connection.await;
-        }
     }
 
     /// Reads and checks the upgrade request, then answers it: with a
-    /// rejection (and `None`) or with the upgrade, returning the
-    /// connection's future.
-    async fn upgrade(&self, mut stream: TcpStream) -> Option<Upgraded> {
+    /// rejection, or with the upgrade and the connection's task.
+    async fn upgrade(&self, mut stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let limits = &self.config.limits;
         let request = tokio::select! {
             read = tokio::time::timeout(limits.handshake_timeout(), handshake::read_request(&mut stream)) => read,
-            () = self.stopping.started() => return None,
+            () = self.stopping.started() => return,
         };
         let request = match request {
             Ok(Ok(request)) => request,
@@ -492,7 +489,7 @@ impl Accepted {
                 let _ =
                     handshake::reject(&mut stream, &Rejection::new(431, "request head too large"))
                         .await;
-                return None;
+                return;
             }
             Ok(Err(ReadError::Malformed(reason))) => {
                 self.metrics.upgrade("", 400);
@@ -501,11 +498,11 @@ impl Accepted {
                     &Rejection::new(400, format!("malformed request: {reason}")),
                 )
                 .await;
-                return None;
+                return;
             }
             Ok(Err(err)) => {
                 debug!(peer = %self.peer, error = %err, "no request");
-                return None;
+                return;
             }
             Err(_elapsed) => {
                 debug!(peer = %self.peer, "handshake timeout");
@@ -517,7 +514,7 @@ impl Accepted {
                     handshake::reject(&mut stream, &rejection),
                 )
                 .await;
-                return None;
+                return;
             }
         };
 
@@ -532,7 +529,7 @@ impl Accepted {
                 response.write(&mut stream, head_only),
             )
             .await;
-            return None;
+            return;
         }
         if let Some(dashboard) = &self.dashboard
             && request.path == dashboard::FEED
@@ -559,7 +556,7 @@ impl Accepted {
                     .unwrap_or_default();
                 self.metrics.upgrade(&route, rejection.status);
                 let _ = handshake::reject(&mut stream, &rejection).await;
-                return None;
+                return;
             }
         };
         let module = admitted.lease.route().module();
@@ -570,7 +567,7 @@ impl Accepted {
         let extensions = deflate.as_ref().map(|(_, response)| response.as_str());
         if let Err(err) = handshake::accept(&mut stream, &admitted.key, extensions).await {
             debug!(peer = %self.peer, error = %err, "upgrade failed");
-            return None;
+            return;
         }
         self.metrics.upgrade(&module.name, 101);
         let Admitted {
@@ -612,11 +609,8 @@ impl Accepted {
         // The lease (dropping it may drop the instance) and the permit end
         // with the connection, after its on-close.
         let connection = Connection::new(stream, reader, &info, controller, self.config.clone());
-        Some(Box::pin(connection.run(
-            Arc::new(info),
-            self.stopping.clone(),
-            (lease, _permit),
-        )))
+        self.tracker
+            .spawn(connection.run(Arc::new(info), self.stopping.clone(), (lease, _permit)));
     }
 
     /// The answer to a request that is no WebSocket upgrade, when it is
@@ -644,7 +638,7 @@ impl Accepted {
         mut stream: TcpStream,
         request: Request,
         dashboard: Arc<Dashboard>,
-    ) -> Option<Upgraded> {
+    ) {
         let checked = (|| {
             let key = handshake::check_upgrade(&request)?;
             self.guard.check_origin(&request)?;
@@ -662,20 +656,20 @@ impl Accepted {
             Err(rejection) => {
                 info!(peer = %self.peer, path = %request.path, status = rejection.status, reason = %rejection.body, "dashboard feed refused");
                 let _ = handshake::reject(&mut stream, &rejection).await;
-                return None;
+                return;
             }
         };
         if let Err(err) = handshake::accept(&mut stream, &key, None).await {
             debug!(peer = %self.peer, error = %err, "dashboard upgrade failed");
-            return None;
+            return;
         }
         let stopping = self.stopping.clone();
-        Some(Box::pin(async move {
+        self.tracker.spawn(async move {
             dashboard
                 .feed(stream, request.leftover, stopping.started())
                 .await;
             drop(permit);
-        }))
+        });
     }
 
     /// Routes an upgrade request and runs every check that may refuse it,
