@@ -92,6 +92,29 @@ impl OnMessage {
     }
 }
 
+#[cfg(feature = "bench")]
+impl OnMessage {
+    /// [`OnMessage::call`] with wasmtime's synchronous `call`: no fiber,
+    /// so a store that needs async (epoch yields, async WASI) refuses it.
+    /// For the benchmark that prices the fiber.
+    pub fn call_sync<S: AsContextMut>(
+        &self,
+        store: S,
+        id: u64,
+        frame: &WsMessage,
+    ) -> Option<wasmtime::Result<Option<Message>>> {
+        let msg = match frame {
+            WsMessage::Text(text) => Incoming::Text(text.as_str()),
+            WsMessage::Binary(bytes) => Incoming::Binary(bytes),
+            _ => return None,
+        };
+        // SAFETY: as in `call`.
+        let func =
+            unsafe { TypedFunc::<(u64, Incoming<'_>), (Option<Message>,)>::new_unchecked(self.0) };
+        Some(func.call(store, (id, msg)).map(|(reply,)| reply))
+    }
+}
+
 impl From<&crate::wire::ConnectionInfo> for Connection {
     fn from(info: &crate::wire::ConnectionInfo) -> Self {
         Connection {

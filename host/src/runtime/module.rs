@@ -315,6 +315,63 @@ pub async fn time_events(
     Ok(took)
 }
 
+/// What entering the guest costs, without the rest of an event: `count`
+/// `on-message` calls with a binary message of `payload` bytes on one
+/// instance of the module at `path`, made with `call_async` (on a fiber,
+/// as the server makes every call) and with the synchronous `call`,
+/// alternating in blocks of 1,000. Both go through the same engine,
+/// instance and store: WASI is linked synchronously and the epoch deadline
+/// traps instead of yielding, which is what a synchronous call needs (the
+/// server's own store yields at every tick, so it cannot make one).
+/// Returns the time of the async calls and of the sync ones.
+#[cfg(feature = "bench")]
+pub async fn time_call_modes(
+    config: crate::Config,
+    path: &Path,
+    count: usize,
+    payload: usize,
+) -> anyhow::Result<(std::time::Duration, std::time::Duration)> {
+    use tokio_tungstenite::tungstenite::{Bytes, Message as WsMessage};
+    use wasmtime::component::{HasSelf, Linker};
+
+    use crate::runtime::bindings::{Controller, OnMessage};
+
+    let runtime = Runtime::new(Arc::new(config))?;
+    let bytes = std::fs::read(path)?;
+    let (component, _) = runtime
+        .compile(&bytes)
+        .map_err(|err| anyhow::anyhow!("{err:#}"))?;
+    let mut linker = Linker::new(runtime.engine());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|err| anyhow::anyhow!("{err:#}"))?;
+    Controller::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        .map_err(|err| anyhow::anyhow!("{err:#}"))?;
+    let mut store = runtime.new_store(Arc::from("bench"), runtime.detached_owned());
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(u64::MAX / 2);
+    let controller = Controller::instantiate(&mut store, &component, &linker)
+        .map_err(|err| anyhow::anyhow!("{err:#}"))?;
+    let on_message =
+        OnMessage::new(&controller, &store).map_err(|err| anyhow::anyhow!("{err:#}"))?;
+    let frame = WsMessage::Binary(Bytes::from(vec![b'x'; payload]));
+    let (mut in_async, mut in_sync) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+    let block = 1_000;
+    for _ in 0..count.div_ceil(block) {
+        let start = std::time::Instant::now();
+        for _ in 0..block {
+            let reply = on_message.call(&mut store, 1, &frame).await;
+            anyhow::ensure!(matches!(reply, Some(Ok(Some(_)))), "no echo (async)");
+        }
+        in_async += start.elapsed();
+        let start = std::time::Instant::now();
+        for _ in 0..block {
+            let reply = on_message.call_sync(&mut store, 1, &frame);
+            anyhow::ensure!(matches!(reply, Some(Ok(Some(_)))), "no echo (sync)");
+        }
+        in_sync += start.elapsed();
+    }
+    Ok((in_async, in_sync))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{content_hash, valid_name};
