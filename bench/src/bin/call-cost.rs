@@ -52,7 +52,9 @@ async fn main() -> anyhow::Result<()> {
             median(values)
         );
     };
-    println!("\n{CALLS} calls of {PAYLOAD} B per mode and round, {rounds} rounds: median [min–max]");
+    println!(
+        "\n{CALLS} calls of {PAYLOAD} B per mode and round, {rounds} rounds: median [min–max]"
+    );
     show("on-message with call_async (fiber)", asyncs, "ns");
     show("on-message with call (no fiber)", syncs, "ns");
     show("whole in-process event (server path, async)", events, "ns");

@@ -60,8 +60,14 @@ struct Queue {
     done: bool,
 }
 
-/// Queue capacity kept after draining; a larger one is given back.
-const KEEP_QUEUE_CAPACITY: usize = 8;
+/// Queue capacity kept after draining; a larger one is given back. A
+/// connection on a busy broadcast route drains a few dozen frames at a
+/// time: keeping room for 64 (3 KiB) spares it growing the queue again
+/// (4, 8, 16, 32, 64: four reallocations) after every drain, which at 8
+/// was 6 % of the server's time in the 1,000-client broadcast and cost it
+/// its tail latency (BENCHMARKS.md). A connection that never had a burst
+/// keeps the 4 frames' room of its first message.
+const KEEP_QUEUE_CAPACITY: usize = 64;
 
 /// The sending side of a connection, shared by its task, its controller
 /// and the host functions. Every method returns at once.
@@ -380,6 +386,15 @@ mod tests {
     use std::task::{Wake, Waker};
 
     use super::*;
+
+    #[test]
+    fn what_a_drained_queue_keeps_stays_small() {
+        assert!(
+            KEEP_QUEUE_CAPACITY * std::mem::size_of::<Outgoing>() <= 4096,
+            "{} bytes per outgoing frame",
+            std::mem::size_of::<Outgoing>()
+        );
+    }
 
     /// A waker that counts its wakes, standing in for the connection's task.
     struct Count(AtomicUsize);
