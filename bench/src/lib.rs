@@ -9,6 +9,7 @@
 
 pub mod histogram;
 pub mod load;
+pub mod modules;
 pub mod native;
 pub mod process;
 pub mod stats;

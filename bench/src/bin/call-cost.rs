@@ -11,6 +11,7 @@
 
 use std::path::Path;
 
+use switchyard_bench::modules::built;
 use switchyard_bench::stats::{median, min_max};
 
 const CALLS: usize = 200_000;
@@ -24,10 +25,7 @@ async fn main() -> anyhow::Result<()> {
         .transpose()?
         .unwrap_or(5);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let echo = switchyard::builder::build_controllers(&repo.join("controllers"))?
-        .into_iter()
-        .find(|path| path.file_name().is_some_and(|name| name == "echo.wasm"))
-        .ok_or_else(|| anyhow::anyhow!("controllers/echo did not build"))?;
+    let echo = built(&repo.join("controllers"), "echo")?;
     let config = switchyard::Config::default;
     let (mut asyncs, mut syncs, mut events, mut saved) = (vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {

@@ -15,25 +15,18 @@
 //!
 //! Run: `cargo run --release -p switchyard-bench --bin instances [ROUNDS]`
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use switchyard::Config;
+use switchyard_bench::modules::built;
 use switchyard_bench::stats::median;
 use tokio_tungstenite::tungstenite::Message;
 
 const CREATIONS: usize = 20_000;
 const CLIENTS: usize = 100;
 const ECHO_TIME: Duration = Duration::from_secs(4);
-
-fn built(workspace: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    switchyard::builder::ensure_target()?;
-    switchyard::builder::build_manifest(&workspace.join("Cargo.toml"))?
-        .into_iter()
-        .find(|path| path.file_stem().is_some_and(|stem| stem == name))
-        .ok_or_else(|| anyhow::anyhow!("{name}.wasm was not built"))
-}
 
 async fn creations_per_second(module: &Path, pooling: bool) -> anyhow::Result<f64> {
     let mut config = Config::default();

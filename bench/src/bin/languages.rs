@@ -32,6 +32,7 @@ use clap::Parser;
 use futures_util::{SinkExt as _, StreamExt as _};
 use switchyard::{Config, ReloadEvent, Server};
 use switchyard_bench::load::{self, EchoSpec};
+use switchyard_bench::modules::{built, time_start};
 use switchyard_bench::process::{ServeSwitchyard, ServerKind, ServerProcess};
 use switchyard_bench::stats::{median, min_max};
 use tokio_tungstenite::tungstenite::Message;
@@ -98,10 +99,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn build(repo: &Path) -> anyhow::Result<Vec<Lang>> {
-    let rust = switchyard::builder::build_controllers(&repo.join("controllers"))?
-        .into_iter()
-        .find(|path| path.file_name().is_some_and(|name| name == "echo.wasm"))
-        .context("controllers/echo did not build")?;
+    let rust = built(&repo.join("controllers"), "echo")?;
     let guests = repo.join("bench/guests");
     let python = switchyard::languages::python::build_projects(&guests.join("python"))?;
     let js = switchyard::languages::javascript::build_projects(&guests.join("js"))?;
@@ -129,27 +127,6 @@ fn build(repo: &Path) -> anyhow::Result<Vec<Lang>> {
             })
         })
         .collect()
-}
-
-/// Start-up to listening with the module cache in `cache`.
-async fn start(folder: &Path, cache: &Path) -> anyhow::Result<Duration> {
-    let config = Config {
-        controllers: folder.to_owned(),
-        hot_reload: false,
-        module_cache: cache.to_owned(),
-        ..Config::default()
-    };
-    let started = Instant::now();
-    let server = Server::new(config).await?;
-    let listener = switchyard::bind("127.0.0.1:0".parse()?)?;
-    let took = started.elapsed();
-    anyhow::ensure!(
-        server.rejected().is_empty() && server.routes().len() == 1,
-        "{:?}",
-        server.rejected()
-    );
-    drop((server, listener));
-    Ok(took)
 }
 
 /// Runs `timed(count)` with a count that makes it last about `target`,
@@ -215,8 +192,8 @@ async fn reload(lang: &Lang, round: u64) -> anyhow::Result<Duration> {
 
 async fn measure(lang: &Lang, round: u64, duration: Duration) -> anyhow::Result<Sample> {
     let cache = tempfile::tempdir()?;
-    let cold = start(lang.folder.path(), cache.path()).await?;
-    let warm = start(lang.folder.path(), cache.path()).await?;
+    let cold = time_start(lang.folder.path(), cache.path(), 1).await?;
+    let warm = time_start(lang.folder.path(), cache.path(), 1).await?;
     let config = || Config {
         module_cache: cache.path().to_owned(),
         ..Config::default()

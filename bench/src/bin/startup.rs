@@ -7,31 +7,9 @@
 //! `cargo run --release -p switchyard-bench --bin startup -- [ROUNDS]`
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
+use switchyard_bench::modules::time_start;
 use switchyard_bench::stats::{median, min_max};
-
-/// Starts a server on `controllers` with its cache in `cache`, as the
-/// binary does (load every module, bind), and returns how long it took.
-async fn start(controllers: &Path, cache: &Path) -> anyhow::Result<Duration> {
-    let config = switchyard::Config {
-        controllers: controllers.to_owned(),
-        hot_reload: false,
-        module_cache: cache.to_owned(),
-        ..Default::default()
-    };
-    let started = Instant::now();
-    let server = switchyard::Server::new(config).await?;
-    let listener = switchyard::bind("127.0.0.1:0".parse()?)?;
-    let took = started.elapsed();
-    anyhow::ensure!(
-        server.rejected().is_empty() && server.routes().len() == 4,
-        "the four samples did not all load: {:?}",
-        server.rejected()
-    );
-    drop((server, listener));
-    Ok(took)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -56,8 +34,14 @@ async fn main() -> anyhow::Result<()> {
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let cache = tempfile::tempdir()?;
-        let c = start(controllers.path(), cache.path()).await?.as_secs_f64() * 1e3;
-        let w = start(controllers.path(), cache.path()).await?.as_secs_f64() * 1e3;
+        let c = time_start(controllers.path(), cache.path(), 4)
+            .await?
+            .as_secs_f64()
+            * 1e3;
+        let w = time_start(controllers.path(), cache.path(), 4)
+            .await?
+            .as_secs_f64()
+            * 1e3;
         println!("  round {round}: cold {c:8.1} ms   warm {w:8.1} ms");
         cold.push(c);
         warm.push(w);

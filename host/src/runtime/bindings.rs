@@ -75,20 +75,31 @@ impl OnMessage {
     where
         S: AsContextMut<Data: Send>,
     {
-        let msg = match frame {
-            WsMessage::Text(text) => Incoming::Text(text.as_str()),
-            WsMessage::Binary(bytes) => Incoming::Binary(bytes),
-            _ => return None,
-        };
-        // SAFETY: `new` checked the function against this signature; the
-        // lifetime of the borrow does not change the component type.
-        let func =
-            unsafe { TypedFunc::<(u64, Incoming<'_>), (Option<Message>,)>::new_unchecked(self.0) };
+        let msg = Incoming::of(frame)?;
         Some(
-            func.call_async(store, (id, msg))
+            self.typed()
+                .call_async(store, (id, msg))
                 .await
                 .map(|(reply,)| reply),
         )
+    }
+
+    /// The function, typed for a borrowed message.
+    fn typed<'a>(&self) -> TypedFunc<(u64, Incoming<'a>), (Option<Message>,)> {
+        // SAFETY: `new` checked the function against this signature; the
+        // lifetime of the borrow does not change the component type.
+        unsafe { TypedFunc::new_unchecked(self.0) }
+    }
+}
+
+impl<'a> Incoming<'a> {
+    /// A data frame as the guest's `message`; `None` for any other frame.
+    fn of(frame: &'a WsMessage) -> Option<Incoming<'a>> {
+        match frame {
+            WsMessage::Text(text) => Some(Incoming::Text(text.as_str())),
+            WsMessage::Binary(bytes) => Some(Incoming::Binary(bytes)),
+            _ => None,
+        }
     }
 }
 
@@ -103,15 +114,8 @@ impl OnMessage {
         id: u64,
         frame: &WsMessage,
     ) -> Option<wasmtime::Result<Option<Message>>> {
-        let msg = match frame {
-            WsMessage::Text(text) => Incoming::Text(text.as_str()),
-            WsMessage::Binary(bytes) => Incoming::Binary(bytes),
-            _ => return None,
-        };
-        // SAFETY: as in `call`.
-        let func =
-            unsafe { TypedFunc::<(u64, Incoming<'_>), (Option<Message>,)>::new_unchecked(self.0) };
-        Some(func.call(store, (id, msg)).map(|(reply,)| reply))
+        let msg = Incoming::of(frame)?;
+        Some(self.typed().call(store, (id, msg)).map(|(reply,)| reply))
     }
 }
 
