@@ -303,7 +303,7 @@ impl Connection {
     }
 
     /// Queues `msg` for every other connection of this controller and returns
-    /// how many it was queued for; see [`broadcast`].
+    /// how many it goes to; see [`broadcast`].
     pub fn broadcast_others(&self, msg: &Message) -> u32 {
         broadcast(msg, Some(self.id))
     }
@@ -450,7 +450,7 @@ pub fn try_send(to: ConnectionId, msg: &Message) -> Result<(), HostError> {
 }
 
 /// Queues `msg` for every open connection of this controller except `except`,
-/// encoding it once. Returns how many connections it was queued for. A
+/// encoding it once. Returns how many open connections it goes to. A
 /// message over the host's limit goes to no one and is logged as an error;
 /// [`try_broadcast`] returns the reason instead.
 pub fn broadcast(msg: &Message, except: Option<ConnectionId>) -> u32 {

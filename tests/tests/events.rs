@@ -392,3 +392,174 @@ async fn unmasked_frames_and_fragmented_control_frames_close_with_1002() {
     assert_eq!(ask(&mut watcher, "healthy").await, "healthy");
     server.stop().await;
 }
+
+/// Sends `commands` without waiting, then reads the answers to them:
+/// `reads` messages (broadcasts included). Returns the socket and what it
+/// read.
+fn pipeline(
+    mut ws: Ws,
+    commands: Vec<String>,
+    reads: usize,
+) -> tokio::task::JoinHandle<(Ws, Vec<String>)> {
+    tokio::spawn(async move {
+        for command in commands {
+            ws.feed(Message::text(command)).await.unwrap();
+        }
+        ws.flush().await.unwrap();
+        let mut read = Vec::with_capacity(reads);
+        for _ in 0..reads {
+            read.push(recv_text(&mut ws).await);
+        }
+        (ws, read)
+    })
+}
+
+/// A probe server whose queues hold everything the broadcast tests below
+/// send before they read it.
+async fn roomy_probe() -> TestServer {
+    let mut config = test_config();
+    config.limits.outbound_queue_messages = 100_000;
+    TestServer::start_with(&["probe"], config).await
+}
+
+/// Several clients send at once, so their events queue up behind each
+/// other and run in a row, their broadcasts (made by events that answer
+/// nothing) handed over together: each broadcast still reaches a recipient
+/// before what the same controller sends, replies and closes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_keep_their_place_among_sends_replies_and_closes() {
+    const ROUNDS: usize = 300;
+    const OTHERS: usize = 3;
+    let server = roomy_probe().await;
+    let mut a = server.connect("/probe/").await;
+    let mut b = server.connect("/probe/").await;
+    let b_id = id_of(&mut b).await;
+    id_of(&mut a).await;
+    let mut others = Vec::new();
+    for _ in 0..OTHERS {
+        let mut other = server.connect("/probe/").await;
+        id_of(&mut other).await;
+        others.push(other);
+    }
+    let mut from_a = Vec::new();
+    for i in 0..ROUNDS {
+        from_a.push(format!("shout b{i}"));
+        from_a.push(format!("send {b_id} s{i}"));
+    }
+    from_a.push(format!("close {b_id} 4000 done"));
+    // a reads its broadcasts, its answers and the others' broadcasts; each
+    // other reads everyone's broadcasts.
+    let a = pipeline(a, from_a, (2 + OTHERS) * ROUNDS + 1);
+    let others: Vec<_> = others
+        .into_iter()
+        .map(|other| {
+            let shouts = (0..ROUNDS).map(|i| format!("shout d{i}")).collect();
+            pipeline(other, shouts, (1 + OTHERS) * ROUNDS)
+        })
+        .collect();
+    // b hears a's broadcasts and sends in a's order, the others' in between.
+    let mut heard = Vec::new();
+    loop {
+        match recv(&mut b).await {
+            Message::Text(text) if !text.starts_with('d') => heard.push(text.to_string()),
+            Message::Text(_) => {}
+            Message::Close(frame) => {
+                assert_eq!(u16::from(frame.expect("a close code").code), 4000);
+                break;
+            }
+            other => panic!("b got {other:?}"),
+        }
+    }
+    let expected: Vec<String> = (0..ROUNDS)
+        .flat_map(|i| [format!("b{i}"), format!("s{i}")])
+        .collect();
+    assert_eq!(heard, expected);
+    let (_, read) = a.await.unwrap();
+    let mine: Vec<&String> = read.iter().filter(|t| !t.starts_with('d')).collect();
+    for i in 0..ROUNDS {
+        assert_eq!(*mine[2 * i], format!("b{i}"));
+        assert_eq!(*mine[2 * i + 1], "ok ()", "the answer to send s{i}");
+    }
+    assert_eq!(*mine[2 * ROUNDS], "ok ()", "the answer to close");
+    for other in others {
+        other.await.unwrap();
+    }
+    server.stop().await;
+}
+
+/// Connections that open while clients broadcast get exactly the
+/// broadcasts made after their `on-open`, in the order the controller ran
+/// them (its event log), whether or not those waited to be handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_connections_get_the_broadcasts_made_after_they_opened() {
+    const COUNT: usize = 1_000;
+    const SENDERS: usize = 3;
+    const LATE: usize = 5;
+    let server = roomy_probe().await;
+    let mut senders = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..SENDERS {
+        let mut ws = server.connect("/probe/").await;
+        ids.push(id_of(&mut ws).await);
+        senders.push(ws);
+    }
+    // Each sender reads everyone's broadcasts.
+    let senders: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(k, ws)| {
+            let shouts = (0..COUNT).map(|i| format!("shout {k}-{i}")).collect();
+            pipeline(ws, shouts, SENDERS * COUNT)
+        })
+        .collect();
+    let mut late = Vec::new();
+    for _ in 0..LATE {
+        late.push(server.connect("/probe/").await);
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let mut done = Vec::new();
+    for sender in senders {
+        done.push(sender.await.unwrap().0);
+    }
+
+    let log = events(&mut done[0]).await;
+    // Ids grow with time, and the late ones connected one after another.
+    let mut late_ids: Vec<u64> = log
+        .iter()
+        .filter_map(|e| e.strip_prefix("open ")?.parse().ok())
+        .filter(|id| !ids.contains(id))
+        .collect();
+    late_ids.sort_unstable();
+    assert_eq!(late_ids.len(), LATE, "{log:?}");
+    for (ws, id) in late.iter_mut().zip(late_ids) {
+        let opened = log
+            .iter()
+            .position(|e| *e == format!("open {id}"))
+            .expect("opened");
+        // Which broadcast each sender's message event made (its first
+        // message was its whoami; the one after its broadcasts, `events`).
+        let mut next = [0usize; SENDERS];
+        let mut expected = Vec::new();
+        for (at, event) in log.iter().enumerate() {
+            for (k, sender) in ids.iter().enumerate() {
+                if *event == format!("message {sender}") {
+                    if (1..=COUNT).contains(&next[k]) && at > opened {
+                        expected.push(format!("{k}-{}", next[k] - 1));
+                    }
+                    next[k] += 1;
+                }
+            }
+        }
+        for (i, want) in expected.iter().enumerate() {
+            assert_eq!(
+                &recv_text(ws).await,
+                want,
+                "broadcast {i} after connection {id} opened (of {})",
+                expected.len()
+            );
+        }
+        // Nothing else was queued for it: its own answer comes next.
+        assert_eq!(id_of(ws).await, id);
+    }
+    server.stop().await;
+}

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use crate::runtime::engine::MemoryCap;
+use crate::runtime::fanout::Fanout;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -21,7 +22,6 @@ use crate::runtime::bindings::{Connection, Message};
 use crate::runtime::kv::{KvStore, SharedKv};
 use crate::runtime::shared::{MAX_GROUP_NAME, RouteShared};
 use crate::wire::ConnectionInfo;
-use crate::wire::deflate;
 use crate::wire::frame::Frame;
 use crate::wire::opcode::close_code_valid;
 use crate::wire::outbound::{ConnHandle, PushError};
@@ -131,6 +131,8 @@ pub struct HostState {
     pub ticks_left: u64,
     /// Caps the instance's memory and notes when it should be recycled.
     pub memory: MemoryCap,
+    /// Broadcasts of the running events, waiting to be handed over.
+    fanout: Fanout,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -158,6 +160,7 @@ impl HostState {
             sizes,
             ticks_left: 0,
             memory,
+            fanout: Fanout::default(),
             wasi,
             table: ResourceTable::new(),
         }
@@ -183,6 +186,13 @@ fn host_error(err: PushError) -> HostError {
 impl types::Host for HostState {}
 
 impl HostState {
+    /// Queues the broadcasts that wait for their recipients (see
+    /// [`crate::runtime::fanout`]): before anything else is queued, before
+    /// the recipients change, and when the run of events ends.
+    pub fn hand_over(&mut self) {
+        self.fanout.hand_over(&self.owned.conns);
+    }
+
     /// Checks that `conn` is one of this instance's open connections.
     fn own(&self, conn: u64) -> Result<&Arc<ConnHandle>, HostError> {
         self.owned
@@ -212,6 +222,7 @@ impl host::Host for HostState {
 
     fn send(&mut self, to: u64, msg: Message) -> Result<(), HostError> {
         let frame = self.sizes.frame(msg)?;
+        self.hand_over();
         match self.own(to) {
             Ok(conn) => conn.push(frame).map_err(host_error),
             Err(err) => {
@@ -227,12 +238,12 @@ impl host::Host for HostState {
 
     fn broadcast(&mut self, msg: Message, except: Option<u64>) -> Result<u32, HostError> {
         // One frame, and at most one compressed frame; each recipient gets
-        // a reference-counted clone.
+        // a reference-counted clone when the run's broadcasts are handed
+        // over.
         let frame = self.sizes.frame(msg)?;
-        let mut shared = deflate::Shared::new(frame.payload());
         let mut queued = 0;
         for (id, conn) in &self.owned.conns {
-            if Some(*id) != except && conn.push_shared(&frame, &mut shared).is_ok() {
+            if Some(*id) != except && !conn.is_closing() {
                 queued += 1;
             }
         }
@@ -241,6 +252,7 @@ impl host::Host for HostState {
         if let Some(cluster) = &owned.route.cluster {
             queued += cluster.broadcast(&owned.route.name, &owned.scope, &frame, except);
         }
+        self.fanout.add(frame, except, &self.owned.conns);
         Ok(queued)
     }
 
@@ -257,6 +269,7 @@ impl host::Host for HostState {
         if !close_code_valid(code) {
             return Err(HostError::InvalidCloseCode);
         }
+        self.hand_over();
         match self.own(conn) {
             Ok(handle) => handle.close(code, &reason).map_err(host_error),
             Err(err) => {
@@ -321,6 +334,7 @@ impl host::Host for HostState {
         except: Option<u64>,
     ) -> Result<u32, HostError> {
         let frame = self.sizes.frame(msg)?;
+        self.hand_over();
         Ok(self.owned.route.publish(&group, &frame, except))
     }
 

@@ -205,6 +205,7 @@ impl ControllerInstance {
                 Err(_) => self.actor.lock().await,
             };
             actor.handle(event, conn).await;
+            actor.hand_over();
         }))
     }
 
@@ -250,12 +251,15 @@ impl ControllerInstance {
             let mut actor = turn.handle.actor.lock().await;
             for _ in 0..DRAIN_BATCH {
                 let Some((event, ticket)) = turn.handle.next_waiting() else {
-                    // The instance is free: `next_waiting` said so.
+                    // The run is over (the instance is free: `next_waiting`
+                    // said so, and the lock is still held).
+                    actor.hand_over();
                     turn.armed = false;
                     return;
                 };
                 actor.handle(event, &ticket.0).await;
             }
+            actor.hand_over();
             drop(actor);
             tokio::task::yield_now().await;
         }
@@ -394,6 +398,9 @@ impl InstanceState {
             Event::Open { info, handle } => {
                 let id = info.id;
                 let record = Connection::from(&*info);
+                // Broadcasts made before this connection was there are
+                // not for it.
+                store.data_mut().hand_over();
                 let owned = &mut store.data_mut().owned;
                 owned.route.register(id, handle.clone(), &owned.scope);
                 owned.conns.insert(id, handle);
@@ -418,6 +425,8 @@ impl InstanceState {
                 (id, result.map(|reply| self.reply(conn, reply)))
             }
             Event::Error { id, code, message } => {
+                // What was broadcast before goes out before the close.
+                store.data_mut().hand_over();
                 let owned = &store.data().owned;
                 if !owned.infos.contains_key(&id) {
                     // No on-open here: still close with the code.
@@ -435,12 +444,16 @@ impl InstanceState {
                 let result = controller.call_on_error(&mut *store, id, &err).await;
                 timed(store, EventKind::error, started);
                 let result = result.map(|reply| self.reply(conn, reply));
+                self.store().data_mut().hand_over();
                 if let Some(handle) = self.store().data().owned.conns.get(&id) {
                     let _ = handle.close(code, &message);
                 }
                 (id, result)
             }
             Event::Close { id, code, reason } => {
+                // The connection still gets what was broadcast before it
+                // left.
+                store.data_mut().hand_over();
                 let owned = &mut store.data_mut().owned;
                 owned.conns.remove(&id);
                 if !owned.infos.contains_key(&id) {
@@ -497,6 +510,14 @@ impl InstanceState {
         }
     }
 
+    /// Queues the broadcasts of the run that waits for their recipients
+    /// (see [`crate::runtime::fanout`]).
+    fn hand_over(&mut self) {
+        if let Some(live) = self.live.as_mut() {
+            live.store.data_mut().hand_over();
+        }
+    }
+
     /// The live store; only called once the instance exists.
     fn store(&mut self) -> &mut Store<HostState> {
         &mut self.live.as_mut().expect("instance is live").store
@@ -505,11 +526,13 @@ impl InstanceState {
     /// Queues a message returned by an event handler for its connection,
     /// the one whose event it was (the connection's own handle: no lookup
     /// in the table, where it is for every event but its close).
-    fn reply(&self, conn: &ConnHandle, reply: Option<Message>) {
+    fn reply(&mut self, conn: &ConnHandle, reply: Option<Message>) {
         let Some(msg) = reply else { return };
-        let Some(live) = self.live.as_ref() else {
+        let Some(live) = self.live.as_mut() else {
             return;
         };
+        // The event's broadcasts go out before its reply.
+        live.store.data_mut().hand_over();
         let route = &self.module.name;
         let id = conn.id();
         let bytes = msg.len();
@@ -554,9 +577,14 @@ impl InstanceState {
     }
 
     /// Moves the host-owned state out of the current store.
+    /// Broadcasts still waiting in it are handed over first.
     fn take_owned(&mut self) -> HostOwned {
         match self.live.as_mut() {
-            Some(live) => live.store.data_mut().owned.take(),
+            Some(live) => {
+                let state = live.store.data_mut();
+                state.hand_over();
+                state.owned.take()
+            }
             None => self
                 .owned
                 .take()
@@ -587,6 +615,8 @@ impl InstanceState {
         };
         let ids: Vec<u64> = live.store.data().owned.conns.keys().copied().collect();
         for id in ids {
+            // The last on-close's broadcasts reach the connections still here.
+            self.store().data_mut().hand_over();
             let Some(handle) = self.store().data_mut().owned.conns.remove(&id) else {
                 continue;
             };

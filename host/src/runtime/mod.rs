@@ -16,6 +16,7 @@
 mod bindings;
 pub mod cache;
 pub mod engine;
+mod fanout;
 mod guest_log;
 pub mod host_api;
 pub mod instance;

@@ -216,6 +216,60 @@ impl ConnHandle {
             // connection than its queue.
             return Ok(());
         }
+        self.mark_queued(queue);
+        Ok(())
+    }
+
+    /// Appends several data frames with one lock and at most one wake-up:
+    /// each of `frames` that is plain data, or the compressed frame its
+    /// `Shared` makes for this connection. Stops at the first that does not
+    /// fit and closes the connection as a slow consumer, like [`push`].
+    /// Returns how many were queued.
+    ///
+    /// [`push`]: ConnHandle::push
+    pub fn push_all<'a, 'p: 'a>(
+        &self,
+        frames: impl Iterator<Item = (&'a Frame, &'a mut deflate::Shared<'p>)>,
+    ) -> usize {
+        if self.is_closing() {
+            return 0;
+        }
+        let mut queue = self.queue();
+        if queue.done {
+            return 0;
+        }
+        let was_empty = queue.frames.is_empty();
+        let mut queued = 0;
+        for (frame, shared) in frames {
+            let frame = match self.deflate.as_ref().and_then(|d| shared.compressed_for(d)) {
+                Some(compressed) => frame.compressed(compressed),
+                None => frame.clone(),
+            };
+            let len = frame.len();
+            if queue.frames.len() >= self.max_queued_messages
+                || queue.bytes + len > self.max_queued_bytes
+            {
+                drop(queue);
+                if self.force_close(CloseCode::Policy, "slow consumer") {
+                    self.metrics.slow_consumers.inc();
+                }
+                return queued;
+            }
+            queue.frames.push_back(Outgoing::Frame(frame));
+            queue.bytes += len;
+            queued += 1;
+        }
+        // As in `enqueue`: only the frame that makes the queue non-empty
+        // wakes the task.
+        if was_empty && queued > 0 {
+            self.mark_queued(queue);
+        }
+        queued
+    }
+
+    /// Says frames wait, the queue (just made non-empty) unlocked, and
+    /// wakes the connection's task unless it is in its turn.
+    fn mark_queued(&self, queue: std::sync::MutexGuard<'_, Queue>) {
         self.queued.store(true, Ordering::SeqCst);
         drop(queue);
         // Waking the task from within its own turn would only poll it once
@@ -228,7 +282,6 @@ impl ConnHandle {
         if !self.in_turn.load(Ordering::SeqCst) {
             self.waker.wake();
         }
-        Ok(())
     }
 
     /// Moves queued frames into `batch` until it holds `max`; returns our
@@ -546,6 +599,43 @@ mod tests {
         let (handle, _count) = new_handle(100, 10);
         handle.push(text("12345678")).unwrap();
         assert_eq!(handle.push(text("abc")), Err(PushError::SlowConsumer));
+    }
+
+    /// Frames and their `Shared`, as a broadcast hands them over.
+    fn handed(frames: &[Frame]) -> Vec<deflate::Shared<'_>> {
+        frames
+            .iter()
+            .map(|f| deflate::Shared::new(f.payload()))
+            .collect()
+    }
+
+    #[test]
+    fn several_frames_go_in_with_one_wake_and_stop_where_the_queue_is_full() {
+        let (handle, count) = new_handle(3, 1 << 20);
+        let frames = [text("a"), text("b")];
+        let mut shared = handed(&frames);
+        assert_eq!(handle.push_all(frames.iter().zip(shared.iter_mut())), 2);
+        assert_eq!(count.wakes(), 1, "one wake for the lot");
+        poll_again(&handle, &count);
+        // Behind frames already queued: no wake.
+        let frames = [text("c")];
+        let mut shared = handed(&frames);
+        assert_eq!(handle.push_all(frames.iter().zip(shared.iter_mut())), 1);
+        assert_eq!(count.wakes(), 1);
+        let mut batch = Vec::new();
+        handle.dequeue_into(&mut batch, 512);
+        assert_eq!(payloads(&batch), [b"a", b"b", b"c"]);
+
+        // Four for room for three: three go in, then a slow consumer.
+        poll_again(&handle, &count);
+        let frames = [text("d"), text("e"), text("f"), text("g")];
+        let mut shared = handed(&frames);
+        assert_eq!(handle.push_all(frames.iter().zip(shared.iter_mut())), 3);
+        let kill = handle.take_kill().expect("closed as a slow consumer");
+        assert_eq!(u16::from(kill.code), 1008);
+        let frames = [text("h")];
+        let mut shared = handed(&frames);
+        assert_eq!(handle.push_all(frames.iter().zip(shared.iter_mut())), 0);
     }
 
     #[test]

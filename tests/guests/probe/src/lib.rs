@@ -9,6 +9,7 @@
 //! - `send <id> <text>`: `host.send`, answers `ok` or the error.
 //! - `sendn <id> <n>`: `host.send` of `n` bytes.
 //! - `broadcast <text>`: `host.broadcast` to everyone, answers the count.
+//! - `shout <text>`: `host.broadcast` to everyone, and no answer.
 //! - `close <id> <code> <reason>`: `host.close`, answers `ok` or the error.
 //! - `log <text>`: `host.log` at info level; `print <text>`: println!.
 //! - `panic`: panics, trapping the instance.
@@ -49,6 +50,10 @@ impl Controller for Probe {
             return Some(msg);
         };
         let (command, rest) = text.split_once(' ').unwrap_or((text, ""));
+        if command == "shout" {
+            switchyard_sdk::broadcast(&Message::text(rest), None);
+            return None;
+        }
         Some(match command {
             "events" => Message::json(&self.events),
             "whoami" => Message::json(&json!({
