@@ -563,3 +563,22 @@ async fn new_connections_get_the_broadcasts_made_after_they_opened() {
     }
     server.stop().await;
 }
+
+/// An event that broadcasts and then traps: its broadcast waited to be
+/// handed over when the instance failed, and still reaches the others (as
+/// it did when broadcasts were queued at once); the trapping connection,
+/// killed first, gets its 1011 with nothing before it; the fresh instance
+/// serves on.
+#[tokio::test]
+async fn a_broadcast_made_before_a_trap_still_goes_out() {
+    let server = TestServer::start(&["probe"]).await;
+    let mut listener = server.connect("/probe/").await;
+    id_of(&mut listener).await;
+    let mut a = server.connect("/probe/").await;
+    id_of(&mut a).await;
+    send_text(&mut a, "shout-and-panic last words").await;
+    assert_eq!(recv_text(&mut listener).await, "last words");
+    assert_eq!(u16::from(expect_close(&mut a).await.code), 1011);
+    assert_eq!(ask(&mut listener, "plain").await, "plain");
+    server.stop().await;
+}

@@ -198,9 +198,7 @@ impl ConnHandle {
         if queue.done {
             return Err(EnqueueError::Done);
         }
-        if queue.frames.len() >= self.max_queued_messages
-            || queue.bytes + len > self.max_queued_bytes
-        {
+        if !self.has_room(&queue, len) {
             return Err(EnqueueError::Full);
         }
         // A close always wakes the task: it must start the peer's close
@@ -241,18 +239,11 @@ impl ConnHandle {
         let was_empty = queue.frames.is_empty();
         let mut queued = 0;
         for (frame, shared) in frames {
-            let frame = match self.deflate.as_ref().and_then(|d| shared.compressed_for(d)) {
-                Some(compressed) => frame.compressed(compressed),
-                None => frame.clone(),
-            };
+            let frame = self.own_copy(frame, shared);
             let len = frame.len();
-            if queue.frames.len() >= self.max_queued_messages
-                || queue.bytes + len > self.max_queued_bytes
-            {
+            if !self.has_room(&queue, len) {
                 drop(queue);
-                if self.force_close(CloseCode::Policy, "slow consumer") {
-                    self.metrics.slow_consumers.inc();
-                }
+                self.close_slow_consumer();
                 return queued;
             }
             queue.frames.push_back(Outgoing::Frame(frame));
@@ -265,6 +256,30 @@ impl ConnHandle {
             self.mark_queued(queue);
         }
         queued
+    }
+
+    /// Whether `len` more bytes in one more message stay within the limits.
+    fn has_room(&self, queue: &Queue, len: usize) -> bool {
+        queue.frames.len() < self.max_queued_messages && queue.bytes + len <= self.max_queued_bytes
+    }
+
+    /// A push found the queue full: the connection is closed with 1008,
+    /// counted once, by the push that closes it.
+    fn close_slow_consumer(&self) {
+        if self.force_close(CloseCode::Policy, "slow consumer") {
+            self.metrics.slow_consumers.inc();
+        }
+    }
+
+    /// This connection's frame of a message shared by many recipients: the
+    /// compressed frame `shared` makes once for all of them, when this
+    /// connection agreed on compression and can share it; otherwise the
+    /// plain frame (compressed by the writer if it keeps its own context).
+    fn own_copy(&self, frame: &Frame, shared: &mut deflate::Shared<'_>) -> Frame {
+        match self.deflate.as_ref().and_then(|d| shared.compressed_for(d)) {
+            Some(compressed) => frame.compressed(compressed),
+            None => frame.clone(),
+        }
     }
 
     /// Says frames wait, the queue (just made non-empty) unlocked, and
@@ -334,20 +349,15 @@ impl ConnHandle {
         self.queued.store(false, Ordering::Release);
     }
 
-    /// Queues `frame`, one of many recipients' (a broadcast, a publish): a
-    /// connection that agreed on compression gets the compressed frame
-    /// `shared` makes once for all of them, when it can share it; the
-    /// others get the plain frame (and compress it themselves if they keep
-    /// their own context).
+    /// Queues `frame`, one of many recipients' (a publish, a delivery from
+    /// another node): see [`ConnHandle::own_copy`] for which frame this
+    /// connection gets.
     pub fn push_shared(
         &self,
         frame: &Frame,
         shared: &mut deflate::Shared<'_>,
     ) -> Result<(), PushError> {
-        match self.deflate.as_ref().and_then(|d| shared.compressed_for(d)) {
-            Some(compressed) => self.push(frame.compressed(compressed)),
-            None => self.push(frame.clone()),
-        }
+        self.push(self.own_copy(frame, shared))
     }
 
     /// Queues a data frame. The payload is shared, not copied, so one
@@ -360,10 +370,7 @@ impl ConnHandle {
         match self.enqueue(Outgoing::Frame(frame), len) {
             Ok(()) => Ok(()),
             Err(EnqueueError::Full) => {
-                // Counted once, by the push that closes it.
-                if self.force_close(CloseCode::Policy, "slow consumer") {
-                    self.metrics.slow_consumers.inc();
-                }
+                self.close_slow_consumer();
                 Err(PushError::SlowConsumer)
             }
             Err(EnqueueError::Done) => Err(PushError::Closed),

@@ -10,6 +10,7 @@
 //! - `sendn <id> <n>`: `host.send` of `n` bytes.
 //! - `broadcast <text>`: `host.broadcast` to everyone, answers the count.
 //! - `shout <text>`: `host.broadcast` to everyone, and no answer.
+//! - `shout-and-panic <text>`: `host.broadcast` to everyone, then a panic.
 //! - `close <id> <code> <reason>`: `host.close`, answers `ok` or the error.
 //! - `log <text>`: `host.log` at info level; `print <text>`: println!.
 //! - `panic`: panics, trapping the instance.
@@ -50,8 +51,11 @@ impl Controller for Probe {
             return Some(msg);
         };
         let (command, rest) = text.split_once(' ').unwrap_or((text, ""));
-        if command == "shout" {
+        if command == "shout" || command == "shout-and-panic" {
             switchyard_sdk::broadcast(&Message::text(rest), None);
+            if command == "shout-and-panic" {
+                panic!("the probe was asked to panic after a broadcast");
+            }
             return None;
         }
         Some(match command {
