@@ -1,92 +1,101 @@
-//! A run's broadcasts, handed to each recipient together.
+//! An instance's broadcasts: published once to its feed, read by each
+//! recipient, and the recipients woken together when a run ends.
 //!
 //! A busy route's instance runs its queued events one after another: a run
 //! is the events a drainer takes before it lets the instance go, or the one
-//! event a connection's task runs itself. A `broadcast` made during a run
-//! waits here instead of going into every recipient's queue at once; when
-//! the run ends, each recipient takes all of them with one lock of its
-//! queue and at most one wake-up. Putting a frame in another connection's
-//! queue costs about one cross-core cache miss however many frames come
-//! with it (BENCHMARKS.md, session 15), so a run of ten broadcasts pays it
-//! once per recipient instead of ten times.
+//! event a connection's task runs itself. A `broadcast` appends its frame to
+//! the instance's [`Feed`] at once; every connection of the instance reads
+//! it from there in order with what else is queued for it (see
+//! [`crate::wire::feed`] and [`crate::wire::outbound`]), so a broadcast
+//! touches none of its recipients. Only the recipients that had read
+//! everything wait for a wake-up, and they get it when the run hands its
+//! broadcasts over ([`Fanout::hand_over`]): before anything else is queued,
+//! before the recipients change, before the instance is replaced or let
+//! go, and after every [`MAX_WAITING`] broadcasts of one event, so a burst
+//! reaches the clients as it goes.
 //!
-//! Nothing is reordered. Whatever else the instance queues (a `send`, an
-//! event's reply, a `close`, a group `publish`) hands over what waits
-//! first, and so does every event that changes who the recipients are
-//! (an open, a close, an error). The instance hands over before it is
-//! replaced (a trap, a recycle) and before a run lets it go. At most
-//! [`MAX_WAITING`] broadcasts wait: a burst within one event reaches the
-//! queues as it goes, as it did one by one, so a client that keeps up with
-//! it is not closed as a slow consumer.
+//! A recipient that falls behind by more than its outbound limits (the
+//! messages and bytes of `limits.outbound_queue_*`, counted with its own
+//! queue) is closed as a slow consumer. The instance looks every
+//! [`CHECK_EVERY`] broadcasts, so a stalled client holds at most that many
+//! more of them before it is let go.
 
 use crate::runtime::host_api::ConnTable;
-use crate::wire::deflate;
+use crate::wire::feed::Feed;
 use crate::wire::frame::Frame;
+use crate::wire::outbound::ConnHandle;
 
-/// Broadcasts waiting at most; the next one hands them over.
+/// Broadcasts of one run after which the waiting recipients are woken
+/// anyway.
 pub const MAX_WAITING: usize = 64;
 
-/// Broadcasts of the running events, not yet in their recipients' queues.
+/// Broadcasts between two looks for recipients too far behind.
+pub const CHECK_EVERY: u64 = 16;
+
+/// An instance's broadcasts: the feed, and who is to be woken.
 #[derive(Default)]
 pub struct Fanout {
-    /// Each frame, and the connection it is not for.
-    waiting: Vec<(Frame, Option<u64>)>,
+    feed: Feed,
+    /// Broadcasts since the last hand-over.
+    waiting: usize,
+    /// The listeners taken at a hand-over (kept for its capacity).
+    woken: Vec<u64>,
 }
 
 impl Fanout {
-    /// Holds `frame` for every connection of `conns` but `except`, handing
-    /// everything over when [`MAX_WAITING`] broadcasts wait.
+    /// Publishes `frame` for every connection of `conns` but `except`.
     pub fn add(&mut self, frame: Frame, except: Option<u64>, conns: &ConnTable) {
-        self.waiting.push((frame, except));
-        if self.waiting.len() >= MAX_WAITING {
+        self.feed.append(frame, except);
+        self.waiting += 1;
+        if self.feed.end() % CHECK_EVERY == 0 {
+            let (end, bytes) = (self.feed.end(), self.feed.bytes());
+            for conn in conns.values() {
+                if conn.too_far_behind(end, bytes) {
+                    conn.close_slow_consumer();
+                }
+            }
+        }
+        if self.waiting >= MAX_WAITING {
             self.hand_over(conns);
         }
     }
 
-    /// Queues what waits for each of `conns`, in the order it was
-    /// broadcast; a connection whose queue fills up is closed as a slow
-    /// consumer. Returns how many frames were queued.
-    pub fn hand_over(&mut self, conns: &ConnTable) -> usize {
-        if self.waiting.is_empty() {
-            return 0;
+    /// `conn` joins: it gets what is broadcast from now on.
+    pub fn join(&self, conn: &ConnHandle) {
+        conn.join(self.feed.cursor());
+    }
+
+    /// Wakes the connections of `conns` that had read every broadcast and
+    /// asked for a wake-up, if anything was broadcast since the last time.
+    pub fn hand_over(&mut self, conns: &ConnTable) {
+        if self.waiting == 0 {
+            return;
         }
-        // Each frame is compressed at most once, for all who agreed on it.
-        let mut shared: Vec<deflate::Shared<'_>> = self
-            .waiting
-            .iter()
-            .map(|(frame, _)| deflate::Shared::new(frame.payload()))
-            .collect();
-        let mut queued = 0;
-        for (id, conn) in conns {
-            let for_this = self
-                .waiting
-                .iter()
-                .zip(shared.iter_mut())
-                .filter(|((_, except), _)| *except != Some(*id))
-                .map(|((frame, _), shared)| (frame, shared));
-            queued += conn.push_all(for_this);
+        self.waiting = 0;
+        self.feed.take_listeners(&mut self.woken);
+        for id in self.woken.drain(..) {
+            if let Some(conn) = conns.get(&id) {
+                conn.wake_for_feed();
+            }
         }
-        drop(shared);
-        self.waiting.clear();
-        queued
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
 
     use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     use super::*;
     use crate::metrics::RouteMetrics;
-    use crate::wire::outbound::ConnHandle;
 
-    fn table(ids: &[u64]) -> ConnTable {
-        let limits = crate::config::Limits::default();
+    fn table(ids: &[u64], limits: &crate::config::Limits) -> ConnTable {
         ids.iter()
             .map(|&id| {
-                let handle = ConnHandle::new(id, &limits, None, RouteMetrics::detached());
+                let handle = ConnHandle::new(id, limits, None, RouteMetrics::detached());
                 (id, Arc::new(handle))
             })
             .collect()
@@ -106,34 +115,108 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn broadcasts_wait_for_the_hand_over_and_skip_their_sender() {
-        let conns = table(&[1, 2, 3]);
-        let mut fanout = Fanout::default();
-        fanout.add(text("a"), Some(1), &conns);
-        fanout.add(text("b"), None, &conns);
-        fanout.add(text("c"), Some(3), &conns);
-        assert!(taken(&conns, 2).is_empty(), "nothing before the hand-over");
-        assert_eq!(fanout.hand_over(&conns), 7);
-        assert_eq!(taken(&conns, 1), ["b", "c"]);
-        assert_eq!(taken(&conns, 2), ["a", "b", "c"]);
-        assert_eq!(taken(&conns, 3), ["a", "b"]);
-        assert_eq!(fanout.hand_over(&conns), 0, "handed over once");
+    /// A waker that counts its wakes, standing in for a connection's task.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     #[test]
-    fn a_burst_is_handed_over_as_it_goes() {
-        let conns = table(&[1]);
+    fn joined_connections_read_broadcasts_in_order_with_what_is_sent_to_them() {
+        let conns = table(&[1, 2, 3], &Default::default());
         let mut fanout = Fanout::default();
-        for i in 0..MAX_WAITING - 1 {
+        fanout.add(text("before"), None, &conns);
+        for conn in conns.values() {
+            fanout.join(conn);
+        }
+        fanout.add(text("a"), Some(1), &conns);
+        conns[&2].push(text("to 2")).unwrap();
+        fanout.add(text("b"), None, &conns);
+        fanout.add(text("c"), Some(3), &conns);
+        assert_eq!(taken(&conns, 1), ["b", "c"]);
+        assert_eq!(taken(&conns, 2), ["a", "to 2", "b", "c"]);
+        assert_eq!(taken(&conns, 3), ["a", "b"]);
+        assert!(taken(&conns, 2).is_empty(), "read once");
+    }
+
+    #[test]
+    fn a_connection_that_left_reads_only_what_came_before() {
+        let conns = table(&[1], &Default::default());
+        let mut fanout = Fanout::default();
+        fanout.join(&conns[&1]);
+        fanout.add(text("a"), None, &conns);
+        conns[&1].part();
+        fanout.add(text("b"), None, &conns);
+        assert_eq!(taken(&conns, 1), ["a"]);
+        assert!(!conns[&1].has_queued());
+    }
+
+    #[test]
+    fn only_idle_readers_are_woken_and_once_per_hand_over() {
+        let conns = table(&[1, 2], &Default::default());
+        let mut fanout = Fanout::default();
+        let counts: Vec<Arc<Count>> = [1, 2]
+            .iter()
+            .map(|id| {
+                let count = Arc::new(Count(AtomicUsize::new(0)));
+                conns[id].register_waker(&Waker::from(count.clone()));
+                fanout.join(&conns[id]);
+                count
+            })
+            .collect();
+        // Connection 1's writer has read everything and listens; 2's has
+        // not looked yet.
+        assert!(taken(&conns, 1).is_empty());
+        for i in 0..3 {
             fanout.add(text(&i.to_string()), None, &conns);
         }
+        assert_eq!(counts[0].0.load(Ordering::SeqCst), 0, "woken at the hand-over");
+        fanout.hand_over(&conns);
+        fanout.hand_over(&conns);
+        assert_eq!(counts[0].0.load(Ordering::SeqCst), 1);
+        assert_eq!(counts[1].0.load(Ordering::SeqCst), 0, "2 was not listening");
+        assert!(conns[&2].has_queued());
+        assert_eq!(taken(&conns, 2), ["0", "1", "2"]);
+    }
+
+    #[test]
+    fn a_burst_wakes_the_readers_as_it_goes() {
+        let conns = table(&[1], &Default::default());
+        let mut fanout = Fanout::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        conns[&1].register_waker(&Waker::from(count.clone()));
+        fanout.join(&conns[&1]);
         assert!(taken(&conns, 1).is_empty());
-        fanout.add(text("last"), None, &conns);
-        let queued = taken(&conns, 1);
-        assert_eq!(queued.len(), MAX_WAITING);
-        assert_eq!(queued[0], "0");
-        assert_eq!(queued[MAX_WAITING - 1], "last");
-        assert_eq!(fanout.hand_over(&conns), 0);
+        for i in 0..MAX_WAITING {
+            fanout.add(text(&i.to_string()), None, &conns);
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(taken(&conns, 1).len(), MAX_WAITING);
+    }
+
+    #[test]
+    fn a_reader_too_far_behind_is_closed_as_a_slow_consumer() {
+        let limits = crate::config::Limits {
+            outbound_queue_messages: 20,
+            ..Default::default()
+        };
+        let conns = table(&[1, 2], &limits);
+        let mut fanout = Fanout::default();
+        for conn in conns.values() {
+            fanout.join(conn);
+        }
+        for i in 0..CHECK_EVERY * 2 {
+            fanout.add(text(&i.to_string()), None, &conns);
+            if i % 4 == 0 {
+                taken(&conns, 2);
+            }
+        }
+        assert!(conns[&1].is_closing(), "32 behind, 20 allowed");
+        assert!(!conns[&2].is_closing());
+        // A direct send counts what the feed holds for it.
+        assert_eq!(conns[&2].push(text("x")), Ok(()));
     }
 }

@@ -45,6 +45,8 @@ pub struct HostOwned {
     /// Which of the route's connections, on any node, `broadcast` and
     /// `connections` reach.
     pub scope: Scope,
+    /// The broadcasts: the feed the connections read them from.
+    pub fanout: Fanout,
 }
 
 impl HostOwned {
@@ -56,6 +58,7 @@ impl HostOwned {
             kv,
             route,
             scope,
+            fanout: Fanout::default(),
         }
     }
 
@@ -67,6 +70,7 @@ impl HostOwned {
             kv: self.kv.clone(),
             route: self.route.clone(),
             scope: self.scope.clone(),
+            fanout: std::mem::take(&mut self.fanout),
         }
     }
 
@@ -131,8 +135,6 @@ pub struct HostState {
     pub ticks_left: u64,
     /// Caps the instance's memory and notes when it should be recycled.
     pub memory: MemoryCap,
-    /// Broadcasts of the running events, waiting to be handed over.
-    fanout: Fanout,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -160,7 +162,6 @@ impl HostState {
             sizes,
             ticks_left: 0,
             memory,
-            fanout: Fanout::default(),
             wasi,
             table: ResourceTable::new(),
         }
@@ -186,11 +187,12 @@ fn host_error(err: PushError) -> HostError {
 impl types::Host for HostState {}
 
 impl HostState {
-    /// Queues the broadcasts that wait for their recipients (see
+    /// Wakes the recipients of the run's broadcasts that wait for one (see
     /// [`crate::runtime::fanout`]): before anything else is queued, before
     /// the recipients change, and when the run of events ends.
     pub fn hand_over(&mut self) {
-        self.fanout.hand_over(&self.owned.conns);
+        let owned = &mut self.owned;
+        owned.fanout.hand_over(&owned.conns);
     }
 
     /// Checks that `conn` is one of this instance's open connections.
@@ -237,9 +239,8 @@ impl host::Host for HostState {
     }
 
     fn broadcast(&mut self, msg: Message, except: Option<u64>) -> Result<u32, HostError> {
-        // One frame, and at most one compressed frame; each recipient gets
-        // a reference-counted clone when the run's broadcasts are handed
-        // over.
+        // One frame in the feed, and at most one compressed frame, made by
+        // the first recipient that reads it.
         let frame = self.sizes.frame(msg)?;
         let mut queued = 0;
         for (id, conn) in &self.owned.conns {
@@ -252,7 +253,8 @@ impl host::Host for HostState {
         if let Some(cluster) = &owned.route.cluster {
             queued += cluster.broadcast(&owned.route.name, &owned.scope, &frame, except);
         }
-        self.fanout.add(frame, except, &self.owned.conns);
+        let owned = &mut self.owned;
+        owned.fanout.add(frame, except, &owned.conns);
         Ok(queued)
     }
 

@@ -399,10 +399,11 @@ impl InstanceState {
                 let id = info.id;
                 let record = Connection::from(&*info);
                 // Broadcasts made before this connection was there are
-                // not for it.
+                // not for it: it reads the feed from here on.
                 store.data_mut().hand_over();
                 let owned = &mut store.data_mut().owned;
                 owned.route.register(id, handle.clone(), &owned.scope);
+                owned.fanout.join(&handle);
                 owned.conns.insert(id, handle);
                 owned.infos.insert(id, info);
                 runtime.arm_budget(store);
@@ -455,7 +456,9 @@ impl InstanceState {
                 // left.
                 store.data_mut().hand_over();
                 let owned = &mut store.data_mut().owned;
-                owned.conns.remove(&id);
+                if let Some(handle) = owned.conns.remove(&id) {
+                    handle.part();
+                }
                 if !owned.infos.contains_key(&id) {
                     owned.forget(id);
                     return;
@@ -620,6 +623,7 @@ impl InstanceState {
             let Some(handle) = self.store().data_mut().owned.conns.remove(&id) else {
                 continue;
             };
+            handle.part();
             if self.store().data().owned.infos.contains_key(&id) {
                 let info = CloseInfo {
                     code: 1001,

@@ -13,6 +13,7 @@
 //! own ([`Own`]), allocated with its first compressed message.
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
@@ -324,13 +325,13 @@ impl Own<Compress> {
     }
 }
 
-/// One message for many recipients (a broadcast, a group's publish): its
-/// compressed form is made at most once and shared by every recipient whose
-/// agreement allows it (no server context takeover, the same level and
-/// window), as its plain form is shared by the others.
+/// One message for many recipients (a group's publish, a delivery from
+/// another node): its compressed form is made at most once and shared by
+/// every recipient whose agreement allows it (no server context takeover,
+/// the same level and window), as its plain form is shared by the others.
 pub struct Shared<'a> {
     plain: &'a [u8],
-    compressed: Option<(u32, u8, Bytes)>,
+    cell: SharedCell,
 }
 
 impl<'a> Shared<'a> {
@@ -338,26 +339,40 @@ impl<'a> Shared<'a> {
     pub fn new(plain: &'a [u8]) -> Shared<'a> {
         Shared {
             plain,
-            compressed: None,
+            cell: SharedCell::default(),
         }
     }
 
     /// The compressed payload for a recipient that agreed on `deflate`, if
-    /// it gets one that is shared: `None` when the message goes plain or
-    /// the recipient's writer compresses it with its own context.
+    /// it gets one that is shared: see [`SharedCell::compressed_for`].
     pub fn compressed_for(&mut self, deflate: &Deflate) -> Option<Bytes> {
-        if deflate.server_takeover || self.plain.len() < deflate.min_bytes {
+        self.cell.compressed_for(deflate, self.plain)
+    }
+}
+
+/// The shared compressed form of one message, made by the first recipient
+/// that needs it; recipients on any thread may ask (a broadcast's, read
+/// from the feed by each recipient's writer).
+#[derive(Default)]
+pub struct SharedCell(OnceLock<(u32, u8, Bytes)>);
+
+impl SharedCell {
+    /// The compressed `plain` for a recipient that agreed on `deflate`, if
+    /// it gets one that is shared: `None` when the message goes plain or
+    /// the recipient's writer compresses it with its own context. A
+    /// recipient with another level or window than the first gets its own.
+    pub fn compressed_for(&self, deflate: &Deflate, plain: &[u8]) -> Option<Bytes> {
+        if deflate.server_takeover || plain.len() < deflate.min_bytes {
             return None;
         }
         let key = (deflate.level, deflate.server_window_bits);
-        match &self.compressed {
-            Some((level, bits, bytes)) if (*level, *bits) == key => Some(bytes.clone()),
-            Some(_) => Some(compress_alone(deflate, self.plain)),
-            None => {
-                let bytes = compress_alone(deflate, self.plain);
-                self.compressed = Some((key.0, key.1, bytes.clone()));
-                Some(bytes)
-            }
+        let (level, bits, bytes) = self
+            .0
+            .get_or_init(|| (key.0, key.1, compress_alone(deflate, plain)));
+        if (*level, *bits) == key {
+            Some(bytes.clone())
+        } else {
+            Some(compress_alone(deflate, plain))
         }
     }
 }

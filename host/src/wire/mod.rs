@@ -12,6 +12,7 @@
 pub mod connection;
 pub mod deflate;
 mod event;
+pub mod feed;
 pub mod frame;
 pub mod handshake;
 mod keepalive;

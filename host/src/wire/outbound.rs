@@ -2,11 +2,15 @@
 //! and the protocol by which whoever queues a frame wakes the connection's
 //! task, without waking it more than needed.
 //!
-//! Frames are pushed by the controller's host calls (a send, a broadcast
-//! reaching hundreds of connections), never waiting: a push that does not
-//! fit marks a slow consumer, and the connection is closed with 1008
-//! instead of growing. The task takes what is queued in batches. The wake
-//! protocol, which the tests below check with a counting waker:
+//! Frames are pushed by the controller's host calls (a send, a reply, a
+//! group's publish), never waiting: a push that does not fit marks a slow
+//! consumer, and the connection is closed with 1008 instead of growing.
+//! Broadcasts do not come through here: the connection reads them from its
+//! instance's [`feed`](crate::wire::feed), and each frame pushed here notes
+//! how far the feed was, so the task takes everything in the order it was
+//! sent. The limits count both: what waits here and what the connection
+//! has not read of the feed. The task takes what is queued in batches. The
+//! wake protocol, which the tests below check with a counting waker:
 //!
 //! - the first frame into an empty queue sets `queued` and wakes the task;
 //!   frames behind it do not (the task comes back for what it leaves);
@@ -16,11 +20,13 @@
 //!   frames queued for that connection do not wake it: it looks at the
 //!   queue right after. `queued` and `in_turn` are stored and read in one
 //!   order (SeqCst) on both sides, so a frame queued as the turn ends is
-//!   either seen by the task or wakes it, never neither.
+//!   either seen by the task or wakes it, never neither;
+//! - a broadcast wakes the task only when it had read all of the feed and
+//!   asked to be woken ([`Cursor::listen`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures_util::task::AtomicWaker;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -30,6 +36,7 @@ use tracing::warn;
 
 use crate::metrics::RouteMetrics;
 use crate::wire::deflate::{self, Deflate};
+use crate::wire::feed::{Cursor, EndWatch};
 use crate::wire::frame::Frame;
 
 /// Why a frame could not be queued.
@@ -54,10 +61,27 @@ enum Outgoing {
 /// no queue memory.
 #[derive(Default)]
 struct Queue {
-    frames: VecDeque<Outgoing>,
+    /// Each frame, and the feed entries written before it (the feed's end
+    /// when it was pushed).
+    frames: VecDeque<(Outgoing, u64)>,
     bytes: usize,
+    /// Where the connection reads its instance's broadcasts, once it has
+    /// joined one; dropped when nothing more will be written.
+    feed: Option<Cursor>,
     /// The writer is gone: nothing queued from now on would be written.
     done: bool,
+}
+
+impl Queue {
+    /// Feed entries and bytes not read yet.
+    fn lag(&self) -> (usize, usize) {
+        self.feed
+            .as_ref()
+            .map_or((0, 0), |feed| {
+                let (entries, bytes) = feed.lag();
+                (entries as usize, bytes as usize)
+            })
+    }
 }
 
 /// Queue capacity kept after draining; a larger one is given back. A
@@ -97,6 +121,16 @@ pub struct ConnHandle {
     /// permessage-deflate, when agreed: a broadcast hands this connection
     /// its shared compressed frame.
     deflate: Option<Deflate>,
+    /// The feed's end, readable without the queue's lock: set when the
+    /// connection joins its instance's feed.
+    feed_end: OnceLock<EndWatch>,
+    /// The feed entries and bytes the writer has read: the instance reads
+    /// them to find a connection too far behind.
+    read: AtomicU64,
+    read_bytes: AtomicU64,
+    /// The cursor asked for a wake-up with the next broadcast and has not
+    /// had it yet.
+    listening: AtomicBool,
     /// The route's counters (slow consumers, frames written).
     metrics: Arc<RouteMetrics>,
 }
@@ -127,8 +161,47 @@ impl ConnHandle {
             events: AtomicUsize::new(0),
             in_turn: AtomicBool::new(false),
             deflate,
+            feed_end: OnceLock::new(),
+            read: AtomicU64::new(0),
+            read_bytes: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
             metrics,
         }
+    }
+
+    /// The connection joins its instance's feed: it gets the broadcasts
+    /// published from `cursor` on.
+    pub(crate) fn join(&self, cursor: Cursor) {
+        let mut queue = self.queue();
+        if queue.done || self.feed_end.set(cursor.end_watch()).is_err() {
+            return;
+        }
+        self.read.store(cursor.next(), Ordering::Relaxed);
+        self.read_bytes.store(cursor.bytes(), Ordering::Relaxed);
+        queue.feed = Some(cursor);
+    }
+
+    /// The feed has entries this connection's writer has not read.
+    fn behind_feed(&self) -> bool {
+        self.feed_end
+            .get()
+            .is_some_and(|end| end.get() > self.read.load(Ordering::Acquire))
+    }
+
+    /// Whether the writer is more than the limits behind a feed that has
+    /// published `end` entries and `bytes` payload bytes (read without the
+    /// queue's lock, by the instance).
+    pub(crate) fn too_far_behind(&self, end: u64, bytes: u64) -> bool {
+        let entries = end.saturating_sub(self.read.load(Ordering::Acquire));
+        let behind = bytes.saturating_sub(self.read_bytes.load(Ordering::Acquire));
+        entries as usize > self.max_queued_messages || behind as usize > self.max_queued_bytes
+    }
+
+    /// A broadcast came after this connection's writer had read all of the
+    /// feed and asked for a wake-up.
+    pub(crate) fn wake_for_feed(&self) {
+        self.listening.store(false, Ordering::Release);
+        self.waker.wake();
     }
 
     /// The route's counters.
@@ -165,9 +238,10 @@ impl ConnHandle {
         self.waker.register(waker);
     }
 
-    /// Whether frames wait in the queue (a hint: read without the lock).
+    /// Whether frames wait in the queue or the feed (a hint: read without
+    /// the lock).
     pub(crate) fn has_queued(&self) -> bool {
-        self.queued.load(Ordering::Acquire)
+        self.queued.load(Ordering::Acquire) || self.behind_feed()
     }
 
     /// The connection's task starts running one of its own events: frames
@@ -204,7 +278,8 @@ impl ConnHandle {
         // A close always wakes the task: it must start the peer's close
         // deadline even while its writer waits on a full socket.
         let quiet = !queue.frames.is_empty() && matches!(out, Outgoing::Frame(_));
-        queue.frames.push_back(out);
+        let after = queue.feed.as_ref().map_or(0, Cursor::end);
+        queue.frames.push_back((out, after));
         queue.bytes += len;
         if quiet {
             // The frame before this one already set `queued` and woke the
@@ -218,54 +293,18 @@ impl ConnHandle {
         Ok(())
     }
 
-    /// Appends several data frames with one lock and at most one wake-up:
-    /// each of `frames` that is plain data, or the compressed frame its
-    /// `Shared` makes for this connection. Stops at the first that does not
-    /// fit and closes the connection as a slow consumer, like [`push`].
-    /// Returns how many were queued.
-    ///
-    /// [`push`]: ConnHandle::push
-    pub fn push_all<'a, 'p: 'a>(
-        &self,
-        frames: impl Iterator<Item = (&'a Frame, &'a mut deflate::Shared<'p>)>,
-    ) -> usize {
-        if self.is_closing() {
-            return 0;
-        }
-        let mut queue = self.queue();
-        if queue.done {
-            return 0;
-        }
-        let was_empty = queue.frames.is_empty();
-        let mut queued = 0;
-        for (frame, shared) in frames {
-            let frame = self.own_copy(frame, shared);
-            let len = frame.len();
-            if !self.has_room(&queue, len) {
-                drop(queue);
-                self.close_slow_consumer();
-                return queued;
-            }
-            queue.frames.push_back(Outgoing::Frame(frame));
-            queue.bytes += len;
-            queued += 1;
-        }
-        // As in `enqueue`: only the frame that makes the queue non-empty
-        // wakes the task.
-        if was_empty && queued > 0 {
-            self.mark_queued(queue);
-        }
-        queued
-    }
-
-    /// Whether `len` more bytes in one more message stay within the limits.
+    /// Whether `len` more bytes in one more message stay within the limits,
+    /// with what the connection has not read of the feed.
     fn has_room(&self, queue: &Queue, len: usize) -> bool {
-        queue.frames.len() < self.max_queued_messages && queue.bytes + len <= self.max_queued_bytes
+        let (entries, bytes) = queue.lag();
+        queue.frames.len() + entries < self.max_queued_messages
+            && queue.bytes + bytes + len <= self.max_queued_bytes
     }
 
-    /// A push found the queue full: the connection is closed with 1008,
-    /// counted once, by the push that closes it.
-    fn close_slow_consumer(&self) {
+    /// A push found the queue full, or the instance found the connection
+    /// too far behind its feed: the connection is closed with 1008, counted
+    /// once, by whoever closes it.
+    pub(crate) fn close_slow_consumer(&self) {
         if self.force_close(CloseCode::Policy, "slow consumer") {
             self.metrics.slow_consumers.inc();
         }
@@ -275,6 +314,7 @@ impl ConnHandle {
     /// compressed frame `shared` makes once for all of them, when this
     /// connection agreed on compression and can share it; otherwise the
     /// plain frame (compressed by the writer if it keeps its own context).
+    /// (A broadcast's is made as the feed is read: [`Cursor::read`].)
     fn own_copy(&self, frame: &Frame, shared: &mut deflate::Shared<'_>) -> Frame {
         match self.deflate.as_ref().and_then(|d| shared.compressed_for(d)) {
             Some(compressed) => frame.compressed(compressed),
@@ -299,34 +339,70 @@ impl ConnHandle {
         }
     }
 
-    /// Moves queued frames into `batch` until it holds `max`; returns our
-    /// close frame when it comes next (nothing is queued after it). One
-    /// lock for the lot, none when the queue is empty.
+    /// Moves queued frames and the feed's broadcasts into `batch`, in the
+    /// order they were sent, until it holds `max`; returns our close frame
+    /// when it comes next (nothing is queued after it). One lock for the
+    /// lot, none when there is nothing to take and a wake-up is asked for.
     pub(crate) fn dequeue_into(&self, batch: &mut Vec<Frame>, max: usize) -> Option<CloseFrame> {
-        // SeqCst: see `enqueue`.
-        if !self.queued.load(Ordering::SeqCst) {
+        // SeqCst: see `enqueue`. A cursor that has read everything but is
+        // not listening (its last wake-up taken) must ask again: below.
+        if !self.queued.load(Ordering::SeqCst)
+            && (self.feed_end.get().is_none()
+                || (!self.behind_feed() && self.listening.load(Ordering::Acquire)))
+        {
             return None;
         }
         let mut queue = self.queue();
+        let Queue {
+            frames,
+            bytes,
+            feed,
+            ..
+        } = &mut *queue;
         let mut close = None;
-        batch.reserve(queue.frames.len().min(max.saturating_sub(batch.len())));
+        batch.reserve(frames.len().min(max.saturating_sub(batch.len())));
         while batch.len() < max {
-            match queue.frames.pop_front() {
-                Some(Outgoing::Frame(frame)) => {
-                    queue.bytes -= frame.len();
+            // The feed's entries that went out before the next frame (all
+            // of them when none waits) are written first.
+            let until = frames.front().map_or(u64::MAX, |(_, after)| *after);
+            if let Some(feed) = feed.as_mut()
+                && feed.next() < until.min(feed.end())
+            {
+                feed.read(self.id, until, batch, max, self.deflate.as_ref());
+                continue;
+            }
+            match frames.pop_front() {
+                Some((Outgoing::Frame(frame), _)) => {
+                    *bytes -= frame.len();
                     batch.push(frame);
                 }
-                Some(Outgoing::Close(frame)) => {
+                Some((Outgoing::Close(frame), _)) => {
                     close = Some(frame);
                     break;
                 }
                 None => break,
             }
         }
-        if queue.frames.is_empty() {
+        if frames.is_empty() {
             self.queued.store(false, Ordering::Release);
-            if queue.frames.capacity() > KEEP_QUEUE_CAPACITY {
-                queue.frames = VecDeque::new();
+            if frames.capacity() > KEEP_QUEUE_CAPACITY {
+                *frames = VecDeque::new();
+            }
+        }
+        if feed.as_ref().is_some_and(Cursor::exhausted) {
+            self.leave_feed(&mut queue);
+        } else if let Some(feed) = feed.as_ref() {
+            self.read.store(feed.next(), Ordering::Release);
+            self.read_bytes.store(feed.bytes(), Ordering::Release);
+            // Everything read: ask for a wake-up with the next broadcast,
+            // unless one came meanwhile (then the writer, which comes back
+            // while it finds work, reads it next).
+            if close.is_none()
+                && feed.next() == feed.end()
+                && !self.listening.swap(true, Ordering::AcqRel)
+                && !feed.listen(self.id)
+            {
+                self.waker.wake();
             }
         }
         close
@@ -337,6 +413,7 @@ impl ConnHandle {
         let mut queue = self.queue();
         queue.frames = VecDeque::new();
         queue.bytes = 0;
+        self.leave_feed(&mut queue);
         self.queued.store(false, Ordering::Release);
     }
 
@@ -346,7 +423,30 @@ impl ConnHandle {
         queue.done = true;
         queue.frames = VecDeque::new();
         queue.bytes = 0;
+        self.leave_feed(&mut queue);
         self.queued.store(false, Ordering::Release);
+    }
+
+    /// The connection left its instance: it reads the broadcasts made before
+    /// and no more.
+    pub(crate) fn part(&self) {
+        let mut queue = self.queue();
+        if let Some(feed) = queue.feed.as_mut() {
+            feed.stop_here();
+            if feed.exhausted() {
+                self.leave_feed(&mut queue);
+            }
+        }
+    }
+
+    /// Stops reading the feed: nothing of it will be written any more, and
+    /// what the connection had not read is no longer held for it.
+    fn leave_feed(&self, queue: &mut Queue) {
+        if queue.feed.take().is_some() {
+            self.read.store(u64::MAX, Ordering::Release);
+            self.read_bytes.store(u64::MAX, Ordering::Release);
+            self.listening.store(true, Ordering::Release);
+        }
     }
 
     /// Queues `frame`, one of many recipients' (a publish, a delivery from
@@ -450,9 +550,9 @@ mod tests {
     #[test]
     fn what_a_drained_queue_keeps_stays_small() {
         assert!(
-            KEEP_QUEUE_CAPACITY * std::mem::size_of::<Outgoing>() <= 4096,
+            KEEP_QUEUE_CAPACITY * std::mem::size_of::<(Outgoing, u64)>() <= 4096,
             "{} bytes per outgoing frame",
-            std::mem::size_of::<Outgoing>()
+            std::mem::size_of::<(Outgoing, u64)>()
         );
     }
 
@@ -609,40 +709,43 @@ mod tests {
     }
 
     /// Frames and their `Shared`, as a broadcast hands them over.
-    fn handed(frames: &[Frame]) -> Vec<deflate::Shared<'_>> {
-        frames
-            .iter()
-            .map(|f| deflate::Shared::new(f.payload()))
-            .collect()
-    }
-
     #[test]
-    fn several_frames_go_in_with_one_wake_and_stop_where_the_queue_is_full() {
+    fn the_feed_counts_against_the_limits_and_is_read_in_order_with_the_queue() {
         let (handle, count) = new_handle(3, 1 << 20);
-        let frames = [text("a"), text("b")];
-        let mut shared = handed(&frames);
-        assert_eq!(handle.push_all(frames.iter().zip(shared.iter_mut())), 2);
-        assert_eq!(count.wakes(), 1, "one wake for the lot");
-        poll_again(&handle, &count);
-        // Behind frames already queued: no wake.
-        let frames = [text("c")];
-        let mut shared = handed(&frames);
-        assert_eq!(handle.push_all(frames.iter().zip(shared.iter_mut())), 1);
-        assert_eq!(count.wakes(), 1);
+        let mut feed = crate::wire::feed::Feed::default();
+        handle.join(feed.cursor());
+        feed.append(text("a"), None);
+        feed.append(text("b"), None);
+        handle.push(text("c")).unwrap();
+        assert_eq!(count.wakes(), 1, "the direct frame wakes");
+        assert_eq!(
+            handle.push(text("d")),
+            Err(PushError::SlowConsumer),
+            "two in the feed and one queued fill three"
+        );
         let mut batch = Vec::new();
         handle.dequeue_into(&mut batch, 512);
         assert_eq!(payloads(&batch), [b"a", b"b", b"c"]);
+    }
 
-        // Four for room for three: three go in, then a slow consumer.
-        poll_again(&handle, &count);
-        let frames = [text("d"), text("e"), text("f"), text("g")];
-        let mut shared = handed(&frames);
-        assert_eq!(handle.push_all(frames.iter().zip(shared.iter_mut())), 3);
-        let kill = handle.take_kill().expect("closed as a slow consumer");
-        assert_eq!(u16::from(kill.code), 1008);
-        let frames = [text("h")];
-        let mut shared = handed(&frames);
-        assert_eq!(handle.push_all(frames.iter().zip(shared.iter_mut())), 0);
+    #[test]
+    fn a_writer_that_read_everything_asks_once_for_a_wake_up() {
+        let (handle, count) = new_handle(8, 1 << 20);
+        let mut feed = crate::wire::feed::Feed::default();
+        handle.join(feed.cursor());
+        let mut batch = Vec::new();
+        assert!(handle.dequeue_into(&mut batch, 512).is_none());
+        assert!(handle.dequeue_into(&mut batch, 512).is_none());
+        feed.append(text("a"), None);
+        let mut listeners = Vec::new();
+        feed.take_listeners(&mut listeners);
+        assert_eq!(listeners, [7], "listed once");
+        handle.wake_for_feed();
+        assert_eq!(count.wakes(), 1);
+        handle.dequeue_into(&mut batch, 512);
+        assert_eq!(payloads(&batch), [b"a"]);
+        feed.take_listeners(&mut listeners);
+        assert_eq!(listeners, [7], "asks again once it has read it");
     }
 
     #[test]
