@@ -507,10 +507,12 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Largest single frame payload a client may send, in bytes.
     pub max_frame_bytes: usize,
-    /// Messages that may wait in one connection's outbound queue. A client
-    /// whose queue is full is closed as a slow consumer (1008).
+    /// Messages that may wait in one connection's outbound queue, the
+    /// broadcasts it has not read yet included. A client whose queue is
+    /// full is closed as a slow consumer (1008).
     pub outbound_queue_messages: usize,
-    /// Bytes that may wait in one connection's outbound queue.
+    /// Bytes that may wait in one connection's outbound queue, counted the
+    /// same way.
     pub outbound_queue_bytes: usize,
     /// Time a client has to send a complete upgrade request.
     pub handshake_timeout_ms: u64,

@@ -43,6 +43,29 @@ async fn python_clients_sending_a_compressed_bomb_receive_1009() {
     .await;
 }
 
+/// Six Python clients on the chat, half offering compression, send 200
+/// messages each at once (sizes on both sides of `compression.min_bytes`);
+/// each receives every other one's messages intact and in order. With the
+/// default settings a broadcast's compressed frame is made once, by the
+/// first recipient's writer that reads it from the feed, and shared by the
+/// others; with context takeover each writer compresses its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_chat_with_and_without_compression() {
+    let mut keep = test_config();
+    keep.compression.server_context_takeover = true;
+    keep.compression.client_context_takeover = true;
+    for config in [test_config(), keep] {
+        let server = TestServer::start_with(&["chat"], config).await;
+        let url = server.url("/chat/");
+        let results = python_clients("chat_compressed.py", &[&url, "6", "200"]).await;
+        assert_eq!(
+            results,
+            [serde_json::json!({"clients": 6, "compressed": 3, "received": 6 * 5 * 200})]
+        );
+        server.stop().await;
+    }
+}
+
 /// Python's default compression offer is accepted, and 300 messages of
 /// varied size and content (text and binary) come back intact, with the
 /// default settings (no context kept) and with context takeover on both

@@ -47,7 +47,7 @@ impl Fanout {
     pub fn add(&mut self, frame: Frame, except: Option<u64>, conns: &ConnTable) {
         self.feed.append(frame, except);
         self.waiting += 1;
-        if self.feed.end() % CHECK_EVERY == 0 {
+        if self.feed.end().is_multiple_of(CHECK_EVERY) {
             let (end, bytes) = (self.feed.end(), self.feed.bytes());
             for conn in conns.values() {
                 if conn.too_far_behind(end, bytes) {
@@ -173,7 +173,11 @@ mod tests {
         for i in 0..3 {
             fanout.add(text(&i.to_string()), None, &conns);
         }
-        assert_eq!(counts[0].0.load(Ordering::SeqCst), 0, "woken at the hand-over");
+        assert_eq!(
+            counts[0].0.load(Ordering::SeqCst),
+            0,
+            "woken at the hand-over"
+        );
         fanout.hand_over(&conns);
         fanout.hand_over(&conns);
         assert_eq!(counts[0].0.load(Ordering::SeqCst), 1);

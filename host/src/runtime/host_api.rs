@@ -188,8 +188,8 @@ impl types::Host for HostState {}
 
 impl HostState {
     /// Wakes the recipients of the run's broadcasts that wait for one (see
-    /// [`crate::runtime::fanout`]): before anything else is queued, before
-    /// the recipients change, and when the run of events ends.
+    /// [`crate::runtime::fanout`]): before a recipient leaves, and when the
+    /// run of events ends.
     pub fn hand_over(&mut self) {
         let owned = &mut self.owned;
         owned.fanout.hand_over(&owned.conns);
@@ -224,7 +224,6 @@ impl host::Host for HostState {
 
     fn send(&mut self, to: u64, msg: Message) -> Result<(), HostError> {
         let frame = self.sizes.frame(msg)?;
-        self.hand_over();
         match self.own(to) {
             Ok(conn) => conn.push(frame).map_err(host_error),
             Err(err) => {
@@ -271,7 +270,6 @@ impl host::Host for HostState {
         if !close_code_valid(code) {
             return Err(HostError::InvalidCloseCode);
         }
-        self.hand_over();
         match self.own(conn) {
             Ok(handle) => handle.close(code, &reason).map_err(host_error),
             Err(err) => {
@@ -336,7 +334,6 @@ impl host::Host for HostState {
         except: Option<u64>,
     ) -> Result<u32, HostError> {
         let frame = self.sizes.frame(msg)?;
-        self.hand_over();
         Ok(self.owned.route.publish(&group, &frame, except))
     }
 

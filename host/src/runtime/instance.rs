@@ -400,7 +400,6 @@ impl InstanceState {
                 let record = Connection::from(&*info);
                 // Broadcasts made before this connection was there are
                 // not for it: it reads the feed from here on.
-                store.data_mut().hand_over();
                 let owned = &mut store.data_mut().owned;
                 owned.route.register(id, handle.clone(), &owned.scope);
                 owned.fanout.join(&handle);
@@ -426,8 +425,6 @@ impl InstanceState {
                 (id, result.map(|reply| self.reply(conn, reply)))
             }
             Event::Error { id, code, message } => {
-                // What was broadcast before goes out before the close.
-                store.data_mut().hand_over();
                 let owned = &store.data().owned;
                 if !owned.infos.contains_key(&id) {
                     // No on-open here: still close with the code.
@@ -445,7 +442,8 @@ impl InstanceState {
                 let result = controller.call_on_error(&mut *store, id, &err).await;
                 timed(store, EventKind::error, started);
                 let result = result.map(|reply| self.reply(conn, reply));
-                self.store().data_mut().hand_over();
+                // After what was broadcast before: the close notes the feed's
+                // end when it is queued.
                 if let Some(handle) = self.store().data().owned.conns.get(&id) {
                     let _ = handle.close(code, &message);
                 }
@@ -453,7 +451,8 @@ impl InstanceState {
             }
             Event::Close { id, code, reason } => {
                 // The connection still gets what was broadcast before it
-                // left.
+                // left: woken now if it waits for a broadcast, as it will
+                // not be at the end of the run.
                 store.data_mut().hand_over();
                 let owned = &mut store.data_mut().owned;
                 if let Some(handle) = owned.conns.remove(&id) {
@@ -513,8 +512,8 @@ impl InstanceState {
         }
     }
 
-    /// Queues the broadcasts of the run that waits for their recipients
-    /// (see [`crate::runtime::fanout`]).
+    /// Wakes the recipients of the run's broadcasts that wait for one (see
+    /// [`crate::runtime::fanout`]).
     fn hand_over(&mut self) {
         if let Some(live) = self.live.as_mut() {
             live.store.data_mut().hand_over();
@@ -534,8 +533,6 @@ impl InstanceState {
         let Some(live) = self.live.as_mut() else {
             return;
         };
-        // The event's broadcasts go out before its reply.
-        live.store.data_mut().hand_over();
         let route = &self.module.name;
         let id = conn.id();
         let bytes = msg.len();
@@ -579,8 +576,8 @@ impl InstanceState {
         self.live = Some(live);
     }
 
-    /// Moves the host-owned state out of the current store.
-    /// Broadcasts still waiting in it are handed over first.
+    /// Moves the host-owned state out of the current store, waking the
+    /// recipients of the broadcasts made in it first.
     fn take_owned(&mut self) -> HostOwned {
         match self.live.as_mut() {
             Some(live) => {

@@ -32,7 +32,7 @@ use crate::wire::frame::Frame;
 const FIRST_CHUNK: usize = 4;
 
 /// Slots in a chunk at most.
-const MAX_CHUNK: usize = 64;
+const MAX_CHUNK: usize = 16;
 
 /// One broadcast.
 struct Entry {

@@ -75,12 +75,10 @@ struct Queue {
 impl Queue {
     /// Feed entries and bytes not read yet.
     fn lag(&self) -> (usize, usize) {
-        self.feed
-            .as_ref()
-            .map_or((0, 0), |feed| {
-                let (entries, bytes) = feed.lag();
-                (entries as usize, bytes as usize)
-            })
+        self.feed.as_ref().map_or((0, 0), |feed| {
+            let (entries, bytes) = feed.lag();
+            (entries as usize, bytes as usize)
+        })
     }
 }
 
