@@ -201,6 +201,98 @@ mod tests {
         assert_eq!(taken(&conns, 1).len(), MAX_WAITING);
     }
 
+    /// A connection's writer on a thread of its own: it parks whenever
+    /// `dequeue_into` leaves it nothing to come back for, until its waker
+    /// is called, and fails if that never happens.
+    fn writer_thread(conn: Arc<ConnHandle>, expected: usize) -> std::thread::JoinHandle<()> {
+        struct Unpark(std::thread::Thread, std::sync::atomic::AtomicBool);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.1.store(true, Ordering::SeqCst);
+                self.0.unpark();
+            }
+        }
+        std::thread::spawn(move || {
+            let woken = Arc::new(Unpark(
+                std::thread::current(),
+                std::sync::atomic::AtomicBool::new(false),
+            ));
+            let waker = Waker::from(woken.clone());
+            let (mut got, mut last) = (0, None);
+            let mut batch = Vec::new();
+            while got < expected {
+                // Cleared before the waker is handed out: a wake-up from
+                // then on counts.
+                woken.1.store(false, Ordering::SeqCst);
+                conn.register_waker(&waker);
+                batch.clear();
+                conn.dequeue_into(&mut batch, 64);
+                for frame in &batch {
+                    let n: u64 = std::str::from_utf8(frame.payload())
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    assert!(last < Some(n), "{n} after {last:?}");
+                    last = Some(n);
+                }
+                got += batch.len();
+                if batch.len() == 64 {
+                    continue; // a full batch: the writer comes back by itself
+                }
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while got < expected && !woken.1.load(Ordering::SeqCst) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "connection {}: no wake-up with {got} of {expected} read",
+                        conn.id()
+                    );
+                    std::thread::park_timeout(std::time::Duration::from_millis(50));
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn writers_on_other_threads_are_woken_for_every_broadcast_and_send() {
+        let limits = crate::config::Limits {
+            outbound_queue_messages: usize::MAX / 2,
+            outbound_queue_bytes: usize::MAX / 2,
+            ..Default::default()
+        };
+        let conns = table(&[1, 2, 3, 4], &limits);
+        let mut fanout = Fanout::default();
+        for conn in conns.values() {
+            fanout.join(conn);
+        }
+        const BROADCASTS: u64 = 20_000;
+        // Every 50th message is sent to connection 1 alone.
+        let direct = (BROADCASTS / 50) as usize;
+        let writers: Vec<_> = conns
+            .values()
+            .map(|conn| {
+                let expected = BROADCASTS as usize + if conn.id() == 1 { direct } else { 0 };
+                writer_thread(conn.clone(), expected)
+            })
+            .collect();
+        let mut n = 0u64;
+        for i in 0..BROADCASTS {
+            if i % 50 == 0 {
+                conns[&1].push(text(&n.to_string())).unwrap();
+                n += 1;
+            }
+            fanout.add(text(&n.to_string()), None, &conns);
+            n += 1;
+            // Runs of one to seven events.
+            if i % 7 == i % 3 {
+                fanout.hand_over(&conns);
+            }
+        }
+        fanout.hand_over(&conns);
+        for writer in writers {
+            writer.join().unwrap();
+        }
+    }
+
     #[test]
     fn a_reader_too_far_behind_is_closed_as_a_slow_consumer() {
         let limits = crate::config::Limits {

@@ -392,15 +392,17 @@ impl ConnHandle {
         } else if let Some(feed) = feed.as_ref() {
             self.read.store(feed.next(), Ordering::Release);
             self.read_bytes.store(feed.bytes(), Ordering::Release);
-            // Everything read: ask for a wake-up with the next broadcast,
-            // unless one came meanwhile (then the writer, which comes back
-            // while it finds work, reads it next).
-            if close.is_none()
-                && feed.next() == feed.end()
-                && !self.listening.swap(true, Ordering::AcqRel)
-                && !feed.listen(self.id)
-            {
-                self.waker.wake();
+            // After a full batch or our close the writer comes back by
+            // itself. Otherwise the feed was read to the end it had when
+            // last looked at: if it has grown since, come back for the rest
+            // at once; if not, ask for a wake-up with the next broadcast
+            // (and come back at once if one came as we asked).
+            if close.is_none() && batch.len() < max {
+                let more = feed.next() < feed.end()
+                    || (!self.listening.swap(true, Ordering::AcqRel) && !feed.listen(self.id));
+                if more {
+                    self.waker.wake();
+                }
             }
         }
         close
