@@ -236,11 +236,6 @@ impl Cursor {
         }
     }
 
-    /// The feed's end, to read without the cursor.
-    pub fn end_watch(&self) -> EndWatch {
-        EndWatch(self.shared.clone())
-    }
-
     /// Asks for a wake-up of connection `id` with the next broadcast.
     /// Returns whether everything published is read: when not, more came
     /// meanwhile and the caller reads it instead of waiting.
@@ -253,16 +248,6 @@ impl Cursor {
             .expect("feed listeners lock")
             .push(id);
         self.end() == self.next
-    }
-}
-
-/// A feed's end, for a reader's checks that do not take its cursor.
-pub struct EndWatch(Arc<Shared>);
-
-impl EndWatch {
-    /// Entries published so far.
-    pub fn get(&self) -> u64 {
-        self.0.end.load(Ordering::Acquire)
     }
 }
 

@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use futures_util::task::AtomicWaker;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -36,7 +36,7 @@ use tracing::warn;
 
 use crate::metrics::RouteMetrics;
 use crate::wire::deflate::{self, Deflate};
-use crate::wire::feed::{Cursor, EndWatch};
+use crate::wire::feed::Cursor;
 use crate::wire::frame::Frame;
 
 /// Why a frame could not be queued.
@@ -119,15 +119,15 @@ pub struct ConnHandle {
     /// permessage-deflate, when agreed: a broadcast hands this connection
     /// its shared compressed frame.
     deflate: Option<Deflate>,
-    /// The feed's end, readable without the queue's lock: set when the
-    /// connection joins its instance's feed.
-    feed_end: OnceLock<EndWatch>,
     /// The feed entries and bytes the writer has read: the instance reads
     /// them to find a connection too far behind.
     read: AtomicU64,
     read_bytes: AtomicU64,
-    /// The cursor asked for a wake-up with the next broadcast and has not
-    /// had it yet.
+    /// Nothing to read in the feed until a wake-up says so: the cursor has
+    /// read everything and asked for one (or there is no cursor). Set, the
+    /// instance will wake the task after any broadcast, so the writer need
+    /// not look at the feed, nor take the queue's lock when the queue is
+    /// empty.
     listening: AtomicBool,
     /// The route's counters (slow consumers, frames written).
     metrics: Arc<RouteMetrics>,
@@ -159,10 +159,9 @@ impl ConnHandle {
             events: AtomicUsize::new(0),
             in_turn: AtomicBool::new(false),
             deflate,
-            feed_end: OnceLock::new(),
             read: AtomicU64::new(0),
             read_bytes: AtomicU64::new(0),
-            listening: AtomicBool::new(false),
+            listening: AtomicBool::new(true),
             metrics,
         }
     }
@@ -171,19 +170,14 @@ impl ConnHandle {
     /// published from `cursor` on.
     pub(crate) fn join(&self, cursor: Cursor) {
         let mut queue = self.queue();
-        if queue.done || self.feed_end.set(cursor.end_watch()).is_err() {
+        if queue.done || queue.feed.is_some() {
             return;
         }
         self.read.store(cursor.next(), Ordering::Relaxed);
         self.read_bytes.store(cursor.bytes(), Ordering::Relaxed);
         queue.feed = Some(cursor);
-    }
-
-    /// The feed has entries this connection's writer has not read.
-    fn behind_feed(&self) -> bool {
-        self.feed_end
-            .get()
-            .is_some_and(|end| end.get() > self.read.load(Ordering::Acquire))
+        // The writer looks at the feed next, and asks for a wake-up.
+        self.listening.store(false, Ordering::Release);
     }
 
     /// Whether the writer is more than the limits behind a feed that has
@@ -239,7 +233,7 @@ impl ConnHandle {
     /// Whether frames wait in the queue or the feed (a hint: read without
     /// the lock).
     pub(crate) fn has_queued(&self) -> bool {
-        self.queued.load(Ordering::Acquire) || self.behind_feed()
+        self.queued.load(Ordering::Acquire) || !self.listening.load(Ordering::Acquire)
     }
 
     /// The connection's task starts running one of its own events: frames
@@ -342,12 +336,9 @@ impl ConnHandle {
     /// when it comes next (nothing is queued after it). One lock for the
     /// lot, none when there is nothing to take and a wake-up is asked for.
     pub(crate) fn dequeue_into(&self, batch: &mut Vec<Frame>, max: usize) -> Option<CloseFrame> {
-        // SeqCst: see `enqueue`. A cursor that has read everything but is
-        // not listening (its last wake-up taken) must ask again: below.
-        if !self.queued.load(Ordering::SeqCst)
-            && (self.feed_end.get().is_none()
-                || (!self.behind_feed() && self.listening.load(Ordering::Acquire)))
-        {
+        // SeqCst: see `enqueue`. Not listening, the cursor may have more
+        // to read or must ask for a wake-up again: below.
+        if !self.queued.load(Ordering::SeqCst) && self.listening.load(Ordering::Acquire) {
             return None;
         }
         let mut queue = self.queue();
@@ -394,12 +385,19 @@ impl ConnHandle {
             self.read_bytes.store(feed.bytes(), Ordering::Release);
             // After a full batch or our close the writer comes back by
             // itself. Otherwise the feed was read to the end it had when
-            // last looked at: if it has grown since, come back for the rest
-            // at once; if not, ask for a wake-up with the next broadcast
-            // (and come back at once if one came as we asked).
+            // last looked at. If it has grown since, come back for the rest
+            // at once, unless a wake-up is on its way (listening). If not,
+            // ask for one with the next broadcast; should one have come as
+            // we asked, come back for it at once instead.
             if close.is_none() && batch.len() < max {
-                let more = feed.next() < feed.end()
-                    || (!self.listening.swap(true, Ordering::AcqRel) && !feed.listen(self.id));
+                let more = if feed.next() < feed.end() {
+                    !self.listening.load(Ordering::Acquire)
+                } else if self.listening.swap(true, Ordering::AcqRel) || feed.listen(self.id) {
+                    false
+                } else {
+                    self.listening.store(false, Ordering::Release);
+                    true
+                };
                 if more {
                     self.waker.wake();
                 }
