@@ -51,7 +51,7 @@ impl Fanout {
             let (end, bytes) = (self.feed.end(), self.feed.bytes());
             for conn in conns.values() {
                 if conn.too_far_behind(end, bytes) {
-                    conn.close_slow_consumer();
+                    conn.drop_for_lag();
                 }
             }
         }
@@ -329,5 +329,36 @@ mod tests {
         assert!(!conns[&2].is_closing());
         // A direct send counts what the feed holds for it.
         assert_eq!(conns[&2].push(text("x")), Ok(()));
+    }
+
+    #[test]
+    fn closing_connections_let_go_of_the_feed_or_are_killed() {
+        let limits = crate::config::Limits {
+            outbound_queue_messages: 20,
+            ..Default::default()
+        };
+        let conns = table(&[1, 2, 3], &limits);
+        let mut fanout = Fanout::default();
+        // 1 closes before its on-open: it never reads the feed.
+        conns[&1].close(1000, "bye").unwrap();
+        for conn in conns.values() {
+            fanout.join(conn);
+        }
+        fanout.add(text("a"), None, &conns);
+        // 2's writer takes its close: it reads nothing after it.
+        conns[&2].close(4000, "done").unwrap();
+        fanout.add(text("b"), None, &conns);
+        let mut batch = Vec::new();
+        assert!(conns[&2].dequeue_into(&mut batch, 512).is_some());
+        assert_eq!(batch.len(), 1, "\"a\", then the close");
+        // 3's close waits behind a writer that reads nothing.
+        conns[&3].close(4000, "done").unwrap();
+        for i in 0..CHECK_EVERY * 2 {
+            fanout.add(text(&i.to_string()), None, &conns);
+        }
+        assert!(conns[&1].take_kill().is_none());
+        assert!(conns[&2].take_kill().is_none());
+        let kill = conns[&3].take_kill().expect("killed: too far behind");
+        assert_eq!(u16::from(kill.code), 1008);
     }
 }

@@ -159,8 +159,9 @@ impl ConnHandle {
             events: AtomicUsize::new(0),
             in_turn: AtomicBool::new(false),
             deflate,
-            read: AtomicU64::new(0),
-            read_bytes: AtomicU64::new(0),
+            // Not reading any feed: never behind one.
+            read: AtomicU64::new(u64::MAX),
+            read_bytes: AtomicU64::new(u64::MAX),
             listening: AtomicBool::new(true),
             metrics,
         }
@@ -170,7 +171,8 @@ impl ConnHandle {
     /// published from `cursor` on.
     pub(crate) fn join(&self, cursor: Cursor) {
         let mut queue = self.queue();
-        if queue.done || queue.feed.is_some() {
+        // A connection closing before its `on-open` ran reads nothing.
+        if queue.done || queue.feed.is_some() || self.is_closing() {
             return;
         }
         self.read.store(cursor.next(), Ordering::Relaxed);
@@ -293,11 +295,27 @@ impl ConnHandle {
             && queue.bytes + bytes + len <= self.max_queued_bytes
     }
 
-    /// A push found the queue full, or the instance found the connection
-    /// too far behind its feed: the connection is closed with 1008, counted
-    /// once, by whoever closes it.
+    /// A push found the queue full: the connection is closed with 1008,
+    /// counted once, by whoever closes it.
     pub(crate) fn close_slow_consumer(&self) {
         if self.force_close(CloseCode::Policy, "slow consumer") {
+            self.metrics.slow_consumers.inc();
+        }
+    }
+
+    /// The instance found the writer too far behind the feed: closed with
+    /// 1008 as a slow consumer, even when our close is already queued (it
+    /// waits behind the same full socket): until the writer lets go of its
+    /// cursor, every later broadcast stays in memory.
+    pub(crate) fn drop_for_lag(&self) {
+        if self.force_close(CloseCode::Policy, "slow consumer") {
+            self.metrics.slow_consumers.inc();
+        } else if !self.killed.load(Ordering::Acquire) {
+            warn!(
+                conn = self.id,
+                "closing connection: slow consumer behind its close"
+            );
+            self.kill_with(close_frame(CloseCode::Policy, "slow consumer"));
             self.metrics.slow_consumers.inc();
         }
     }
@@ -378,18 +396,22 @@ impl ConnHandle {
                 *frames = VecDeque::new();
             }
         }
-        if feed.as_ref().is_some_and(Cursor::exhausted) {
+        if feed.is_none() {
+            // Nothing to listen for (a wake-up may have come after the
+            // cursor was dropped).
+            self.listening.store(true, Ordering::Release);
+        } else if close.is_some() || feed.as_ref().is_some_and(Cursor::exhausted) {
+            // Nothing more of the feed will be written.
             self.leave_feed(&mut queue);
         } else if let Some(feed) = feed.as_ref() {
             self.read.store(feed.next(), Ordering::Release);
             self.read_bytes.store(feed.bytes(), Ordering::Release);
-            // After a full batch or our close the writer comes back by
-            // itself. Otherwise the feed was read to the end it had when
+            // After a full batch the writer comes back by itself. Otherwise the feed was read to the end it had when
             // last looked at. If it has grown since, come back for the rest
             // at once, unless a wake-up is on its way (listening). If not,
             // ask for one with the next broadcast; should one have come as
             // we asked, come back for it at once instead.
-            if close.is_none() && batch.len() < max {
+            if batch.len() < max {
                 let more = if feed.next() < feed.end() {
                     !self.listening.load(Ordering::Acquire)
                 } else if self.listening.swap(true, Ordering::AcqRel) || feed.listen(self.id) {
