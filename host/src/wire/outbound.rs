@@ -22,7 +22,10 @@
 //!   order (SeqCst) on both sides, so a frame queued as the turn ends is
 //!   either seen by the task or wakes it, never neither;
 //! - a broadcast wakes the task only when it had read all of the feed and
-//!   asked to be woken ([`Cursor::listen`]).
+//!   asked to be woken ([`Cursor::listen`]); until that wake-up, which the
+//!   instance gives at the end of its run, the writer does not look at the
+//!   feed (`listening`), and a connection that only ever gets broadcasts
+//!   takes no lock of its queue at all.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
