@@ -24,8 +24,7 @@
 //! - a broadcast wakes the task only when it had read all of the feed and
 //!   asked to be woken ([`Cursor::listen`]); until that wake-up, which the
 //!   instance gives at the end of its run, the writer does not look at the
-//!   feed (`listening`), and a connection that only ever gets broadcasts
-//!   takes no lock of its queue at all.
+//!   feed (`listening`) nor takes its queue's lock for it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
