@@ -43,6 +43,15 @@ async fn python_clients_sending_a_compressed_bomb_receive_1009() {
     .await;
 }
 
+/// The default settings (no context kept), and context takeover on both
+/// sides.
+fn compression_settings() -> [Config; 2] {
+    let mut keep = test_config();
+    keep.compression.server_context_takeover = true;
+    keep.compression.client_context_takeover = true;
+    [test_config(), keep]
+}
+
 /// Six Python clients on the chat, half offering compression, send 200
 /// messages each at once (sizes on both sides of `compression.min_bytes`);
 /// each receives every other one's messages intact and in order. With the
@@ -51,10 +60,7 @@ async fn python_clients_sending_a_compressed_bomb_receive_1009() {
 /// others; with context takeover each writer compresses its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_clients_chat_with_and_without_compression() {
-    let mut keep = test_config();
-    keep.compression.server_context_takeover = true;
-    keep.compression.client_context_takeover = true;
-    for config in [test_config(), keep] {
+    for config in compression_settings() {
         let server = TestServer::start_with(&["chat"], config).await;
         let url = server.url("/chat/");
         let results = python_clients("chat_compressed.py", &[&url, "6", "200"]).await;
@@ -73,10 +79,7 @@ async fn python_clients_chat_with_and_without_compression() {
 /// compressor and decompressor).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_clients_echo_through_compression() {
-    let mut keep = test_config();
-    keep.compression.server_context_takeover = true;
-    keep.compression.client_context_takeover = true;
-    for config in [test_config(), keep] {
+    for config in compression_settings() {
         let server = TestServer::start_with(&["echo"], config).await;
         let url = server.url("/echo");
         let results = python_clients("echo_compressed.py", &[&url, "300"]).await;

@@ -268,21 +268,26 @@ impl ConnHandle {
         if queue.done {
             return Err(EnqueueError::Done);
         }
-        if !self.has_room(&queue, len) {
+        let lag = queue.lag();
+        if !self.has_room(&queue, lag, len) {
             return Err(EnqueueError::Full);
         }
         // A close always wakes the task: it must start the peer's close
         // deadline even while its writer waits on a full socket.
         let quiet = !queue.frames.is_empty() && matches!(out, Outgoing::Frame(_));
-        let after = queue.feed.as_ref().map_or(0, Cursor::end);
+        // The feed's end as the lag just read it: what the cursor has read
+        // and what it has not.
+        let after = queue
+            .feed
+            .as_ref()
+            .map_or(0, |feed| feed.next() + lag.0 as u64);
         queue.frames.push_back((out, after));
         queue.bytes += len;
         if quiet {
             // The frame before this one already set `queued` and woke the
             // task (or found it in its turn), and the task comes back for
             // whatever it leaves queued (a full batch wakes it again, a full
-            // socket when it drains): a broadcast touches no more of this
-            // connection than its queue.
+            // socket when it drains).
             return Ok(());
         }
         self.mark_queued(queue);
@@ -291,8 +296,8 @@ impl ConnHandle {
 
     /// Whether `len` more bytes in one more message stay within the limits,
     /// with what the connection has not read of the feed.
-    fn has_room(&self, queue: &Queue, len: usize) -> bool {
-        let (entries, bytes) = queue.lag();
+    /// `lag` is the feed's entries and bytes not read yet ([`Queue::lag`]).
+    fn has_room(&self, queue: &Queue, (entries, bytes): (usize, usize), len: usize) -> bool {
         queue.frames.len() + entries < self.max_queued_messages
             && queue.bytes + bytes + len <= self.max_queued_bytes
     }
