@@ -508,7 +508,8 @@ pub struct Limits {
     /// Largest single frame payload a client may send, in bytes.
     pub max_frame_bytes: usize,
     /// Messages that may wait in one connection's outbound queue, the
-    /// broadcasts it has not read yet included. A client whose queue is
+    /// broadcasts it has not read yet included (not its own, which it does
+    /// not get). A client whose queue is
     /// full is closed as a slow consumer (1008).
     pub outbound_queue_messages: usize,
     /// Bytes that may wait in one connection's outbound queue, counted the

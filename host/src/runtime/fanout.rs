@@ -18,7 +18,11 @@
 //! messages and bytes of `limits.outbound_queue_*`, counted with its own
 //! queue) is closed as a slow consumer. The instance looks every
 //! [`CHECK_EVERY`] broadcasts, so a stalled client holds at most that many
-//! more of them before it is let go.
+//! more of them before it is let go. What the connection whose event is
+//! running broadcasts in that event does not count against it until the
+//! event ends: its task may be the one running the event, and reads only
+//! after it (a controller answering one message with a burst of
+//! broadcasts to the others is not a slow consumer).
 
 use crate::runtime::host_api::ConnTable;
 use crate::wire::feed::Feed;
@@ -40,6 +44,9 @@ pub struct Fanout {
     waiting: usize,
     /// The listeners taken at a hand-over (kept for its capacity).
     woken: Vec<u64>,
+    /// The connection whose event runs, with the feed's end and bytes when
+    /// it started: its lag is judged against those until the next event.
+    running: Option<(u64, u64, u64)>,
 }
 
 impl Fanout {
@@ -48,8 +55,12 @@ impl Fanout {
         self.feed.append(frame, except);
         self.waiting += 1;
         if self.feed.end().is_multiple_of(CHECK_EVERY) {
-            let (end, bytes) = (self.feed.end(), self.feed.bytes());
-            for conn in conns.values() {
+            let now = (self.feed.end(), self.feed.bytes());
+            for (id, conn) in conns {
+                let (end, bytes) = match self.running {
+                    Some((running, end, bytes)) if running == *id => (end, bytes),
+                    _ => now,
+                };
                 if conn.too_far_behind(end, bytes) {
                     conn.drop_for_lag();
                 }
@@ -58,6 +69,12 @@ impl Fanout {
         if self.waiting >= MAX_WAITING {
             self.hand_over(conns);
         }
+    }
+
+    /// An event of connection `id` starts: what is broadcast from here
+    /// until the next event does not count in its lag.
+    pub fn event_starts(&mut self, id: u64) {
+        self.running = Some((id, self.feed.end(), self.feed.bytes()));
     }
 
     /// `conn` joins: it gets what is broadcast from now on.
@@ -329,6 +346,48 @@ mod tests {
         assert!(!conns[&2].is_closing());
         // A direct send counts what the feed holds for it.
         assert_eq!(conns[&2].push(text("x")), Ok(()));
+    }
+
+    #[test]
+    fn what_a_connection_broadcasts_in_its_own_event_does_not_make_it_slow() {
+        let limits = crate::config::Limits {
+            outbound_queue_messages: 20,
+            ..Default::default()
+        };
+        let conns = table(&[1, 2], &limits);
+        let mut fanout = Fanout::default();
+        for conn in conns.values() {
+            fanout.join(conn);
+        }
+        // 1's event answers with a burst to the others, and then with one
+        // to everyone: its task runs the event and reads only after it.
+        fanout.event_starts(1);
+        for i in 0..CHECK_EVERY * 2 {
+            fanout.add(text(&i.to_string()), Some(1), &conns);
+            if i % 4 == 3 {
+                fanout.hand_over(&conns);
+                taken(&conns, 2);
+            }
+        }
+        for i in 0..CHECK_EVERY * 2 {
+            fanout.add(text(&format!("all {i}")), None, &conns);
+            if i % 4 == 3 {
+                fanout.hand_over(&conns);
+                taken(&conns, 2);
+            }
+        }
+        assert!(!conns[&1].is_closing(), "64 behind, all its own event's");
+        assert!(!conns[&2].is_closing());
+        // The event over, it counts: 1 never reads, 2's events go on.
+        fanout.event_starts(2);
+        for i in 0..CHECK_EVERY {
+            fanout.add(text(&format!("from 2: {i}")), Some(2), &conns);
+        }
+        assert!(
+            conns[&1].is_closing(),
+            "80 behind after its event, 20 allowed"
+        );
+        assert!(!conns[&2].is_closing());
     }
 
     #[test]

@@ -394,6 +394,13 @@ impl InstanceState {
             controller,
             on_message,
         } = self.live.as_mut().expect("instance created above");
+        // Its task may be the one running this event: it reads what the
+        // event broadcasts only afterwards, and is not behind meanwhile.
+        let running = match &event {
+            Event::Open { info, .. } => info.id,
+            Event::Message { id, .. } | Event::Error { id, .. } | Event::Close { id, .. } => *id,
+        };
+        store.data_mut().owned.fanout.event_starts(running);
         let (id, result) = match event {
             Event::Open { info, handle } => {
                 let id = info.id;

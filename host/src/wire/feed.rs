@@ -34,6 +34,9 @@ const FIRST_CHUNK: usize = 4;
 /// Slots in a chunk at most.
 const MAX_CHUNK: usize = 16;
 
+/// What a slot before the feed's end holds.
+const PUBLISHED: &str = "a published slot is set";
+
 /// One broadcast.
 struct Entry {
     frame: Frame,
@@ -237,12 +240,8 @@ impl Cursor {
     ) {
         let until = until.min(self.end());
         while self.next < until && batch.len() < max {
-            if self.next == self.chunk.end() {
-                let next = self.chunk.next.get().expect("published past a chunk");
-                self.chunk = next.clone();
-            }
-            let slot = &self.chunk.slots[(self.next - self.chunk.first) as usize];
-            let entry = slot.get().expect("a published slot is set");
+            let slot = self.slot();
+            let entry = self.chunk.slots[slot].get().expect(PUBLISHED);
             self.next += 1;
             self.bytes += entry.frame.len() as u64;
             if entry.except == Some(id) {
@@ -256,6 +255,33 @@ impl Cursor {
                 },
             );
         }
+    }
+
+    /// Passes the published entries that skip connection `id` (its own
+    /// broadcasts), up to the first one for it: reading them would take
+    /// nothing, and passed they neither count in its lag nor hold the
+    /// chunks they sit in.
+    pub fn pass_own(&mut self, id: u64) {
+        let end = self.end();
+        while self.next < end {
+            let slot = self.slot();
+            let entry = self.chunk.slots[slot].get().expect(PUBLISHED);
+            if entry.except != Some(id) {
+                return;
+            }
+            self.next += 1;
+            self.bytes += entry.frame.len() as u64;
+        }
+    }
+
+    /// The slot of `next` in its chunk, stepping into the next chunk first
+    /// when `next` starts it.
+    fn slot(&mut self) -> usize {
+        if self.next == self.chunk.end() {
+            let next = self.chunk.next.get().expect("published past a chunk");
+            self.chunk = next.clone();
+        }
+        (self.next - self.chunk.first) as usize
     }
 
     /// Asks for a wake-up of connection `id` with the next broadcast.
@@ -393,6 +419,25 @@ mod tests {
         cursor.stop_here();
         feed.append(text("cde"), None);
         assert_eq!(cursor.lag(), (1, 2));
+    }
+
+    #[test]
+    fn a_reader_passes_its_own_broadcasts_up_to_the_first_for_it() {
+        let mut feed = Feed::default();
+        let mut cursor = feed.cursor();
+        // Across a chunk's end: the first chunk has 4 slots.
+        for own in ["1", "22", "333", "4444", "55555"] {
+            feed.append(text(own), Some(7));
+        }
+        feed.append(text("for 7"), Some(8));
+        feed.append(text("own again"), Some(7));
+        assert_eq!(cursor.lag(), (7, 29));
+        cursor.pass_own(7);
+        assert_eq!(cursor.lag(), (2, 14), "stops at the first entry for it");
+        cursor.pass_own(7);
+        assert_eq!(cursor.lag(), (2, 14));
+        assert_eq!(read(&mut cursor, 7, u64::MAX, usize::MAX), ["for 7"]);
+        assert_eq!(cursor.lag(), (0, 0));
     }
 
     #[test]

@@ -268,6 +268,14 @@ impl ConnHandle {
         if queue.done {
             return Err(EnqueueError::Done);
         }
+        if let Some(feed) = &mut queue.feed {
+            // Its own broadcasts at the head of what it has not read are
+            // nothing to it: passed here, a burst of them (its event's
+            // answer to a message) does not count against this frame.
+            feed.pass_own(self.id);
+            self.read.store(feed.next(), Ordering::Release);
+            self.read_bytes.store(feed.bytes(), Ordering::Release);
+        }
         let lag = queue.lag();
         if !self.has_room(&queue, lag, len) {
             return Err(EnqueueError::Full);

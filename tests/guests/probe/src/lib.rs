@@ -88,6 +88,14 @@ impl Controller for Probe {
                 Message::text(format!("sent {sent}"))
             }
             "broadcast" => result(switchyard_sdk::try_broadcast(&Message::text(rest), None)),
+            "fanout" => {
+                // `n` broadcasts to everyone else in one event: "0", "1", …
+                let n: u32 = rest.parse().unwrap_or(0);
+                for i in 0..n {
+                    switchyard_sdk::broadcast(&Message::text(i.to_string()), Some(conn.id));
+                }
+                Message::text(format!("broadcast {n}"))
+            }
             "close" => {
                 let mut parts = rest.splitn(3, ' ');
                 let id = parts.next().and_then(|p| p.parse().ok()).unwrap_or(u64::MAX);
