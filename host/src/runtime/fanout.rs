@@ -19,10 +19,12 @@
 //! queue) is closed as a slow consumer. The instance looks every
 //! [`CHECK_EVERY`] broadcasts, so a stalled client holds at most that many
 //! more of them before it is let go. What the connection whose event is
-//! running broadcasts in that event does not count against it until the
-//! event ends: its task may be the one running the event, and reads only
-//! after it (a controller answering one message with a burst of
-//! broadcasts to the others is not a slow consumer).
+//! running broadcasts in that event to everyone but itself does not count
+//! against it until the next event: its task may be the one running the
+//! event, and reads (passes) them only after it, so a controller answering
+//! one message with a burst of broadcasts to the others makes no slow
+//! consumer. From then on they count until its writer passes them: they
+//! hold the feed's memory.
 
 use crate::runtime::host_api::ConnTable;
 use crate::wire::feed::Feed;
@@ -44,21 +46,29 @@ pub struct Fanout {
     waiting: usize,
     /// The listeners taken at a hand-over (kept for its capacity).
     woken: Vec<u64>,
-    /// The connection whose event runs, with the feed's end and bytes when
-    /// it started: its lag is judged against those until the next event.
+    /// The connection whose event runs, with the entries and payload bytes
+    /// the event has broadcast to everyone but it: its lag leaves them out.
     running: Option<(u64, u64, u64)>,
 }
 
 impl Fanout {
     /// Publishes `frame` for every connection of `conns` but `except`.
     pub fn add(&mut self, frame: Frame, except: Option<u64>, conns: &ConnTable) {
+        if let Some((running, entries, bytes)) = &mut self.running
+            && except == Some(*running)
+        {
+            *entries += 1;
+            *bytes += frame.len() as u64;
+        }
         self.feed.append(frame, except);
         self.waiting += 1;
         if self.feed.end().is_multiple_of(CHECK_EVERY) {
             let now = (self.feed.end(), self.feed.bytes());
             for (id, conn) in conns {
                 let (end, bytes) = match self.running {
-                    Some((running, end, bytes)) if running == *id => (end, bytes),
+                    Some((running, own, own_bytes)) if running == *id => {
+                        (now.0 - own, now.1 - own_bytes)
+                    }
                     _ => now,
                 };
                 if conn.too_far_behind(end, bytes) {
@@ -71,10 +81,10 @@ impl Fanout {
         }
     }
 
-    /// An event of connection `id` starts: what is broadcast from here
-    /// until the next event does not count in its lag.
+    /// An event of connection `id` starts: what it broadcasts to the
+    /// others until the next event does not count in its lag.
     pub fn event_starts(&mut self, id: u64) {
-        self.running = Some((id, self.feed.end(), self.feed.bytes()));
+        self.running = Some((id, 0, 0));
     }
 
     /// `conn` joins: it gets what is broadcast from now on.
@@ -116,6 +126,21 @@ mod tests {
                 (id, Arc::new(handle))
             })
             .collect()
+    }
+
+    /// Connections `ids`, each allowed `messages` queued, joined to a new
+    /// fanout.
+    fn joined(ids: &[u64], messages: usize) -> (ConnTable, Fanout) {
+        let limits = crate::config::Limits {
+            outbound_queue_messages: messages,
+            ..Default::default()
+        };
+        let conns = table(ids, &limits);
+        let fanout = Fanout::default();
+        for conn in conns.values() {
+            fanout.join(conn);
+        }
+        (conns, fanout)
     }
 
     fn text(text: &str) -> Frame {
@@ -325,15 +350,7 @@ mod tests {
 
     #[test]
     fn a_reader_too_far_behind_is_closed_as_a_slow_consumer() {
-        let limits = crate::config::Limits {
-            outbound_queue_messages: 20,
-            ..Default::default()
-        };
-        let conns = table(&[1, 2], &limits);
-        let mut fanout = Fanout::default();
-        for conn in conns.values() {
-            fanout.join(conn);
-        }
+        let (conns, mut fanout) = joined(&[1, 2], 20);
         for i in 0..CHECK_EVERY * 2 {
             fanout.add(text(&i.to_string()), None, &conns);
             // Runs of four events; 2's writer reads after each.
@@ -349,26 +366,26 @@ mod tests {
     }
 
     #[test]
-    fn what_a_connection_broadcasts_in_its_own_event_does_not_make_it_slow() {
-        let limits = crate::config::Limits {
-            outbound_queue_messages: 20,
-            ..Default::default()
-        };
-        let conns = table(&[1, 2], &limits);
-        let mut fanout = Fanout::default();
-        for conn in conns.values() {
-            fanout.join(conn);
-        }
-        // 1's event answers with a burst to the others, and then with one
-        // to everyone: its task runs the event and reads only after it.
+    fn what_a_connection_broadcasts_to_the_others_in_its_own_event_does_not_make_it_slow() {
+        let (conns, mut fanout) = joined(&[1, 2], 20);
+        // 1's event answers with one broadcast to everyone and a burst to
+        // the others: its task runs the event and reads only after it.
         fanout.event_starts(1);
-        for i in 0..CHECK_EVERY * 2 {
+        fanout.add(text("all"), None, &conns);
+        for i in 0..CHECK_EVERY * 3 {
             fanout.add(text(&i.to_string()), Some(1), &conns);
             if i % 4 == 3 {
                 fanout.hand_over(&conns);
                 taken(&conns, 2);
             }
         }
+        assert!(!conns[&1].is_closing(), "49 behind, one of them for it");
+        // A reply counts only what is for it.
+        assert_eq!(conns[&1].push(text("reply")), Ok(()));
+        assert_eq!(taken(&conns, 1), ["all", "reply"]);
+        // Broadcasts to everyone count in its own event too: it has more
+        // than the limit to read.
+        fanout.event_starts(1);
         for i in 0..CHECK_EVERY * 2 {
             fanout.add(text(&format!("all {i}")), None, &conns);
             if i % 4 == 3 {
@@ -376,18 +393,25 @@ mod tests {
                 taken(&conns, 2);
             }
         }
-        assert!(!conns[&1].is_closing(), "64 behind, all its own event's");
+        assert!(conns[&1].is_closing(), "32 for it, 20 allowed");
         assert!(!conns[&2].is_closing());
-        // The event over, it counts: 1 never reads, 2's events go on.
+    }
+
+    #[test]
+    fn own_broadcasts_of_earlier_events_count_until_read() {
+        let (conns, mut fanout) = joined(&[1, 2], 20);
+        fanout.event_starts(1);
+        for i in 0..CHECK_EVERY * 2 {
+            fanout.add(text(&i.to_string()), Some(1), &conns);
+        }
+        assert!(!conns[&1].is_closing());
+        // Its event is over and its writer never read: the feed it holds
+        // counts (a stalled client broadcasting alone is let go).
         fanout.event_starts(2);
         for i in 0..CHECK_EVERY {
             fanout.add(text(&format!("from 2: {i}")), Some(2), &conns);
         }
-        assert!(
-            conns[&1].is_closing(),
-            "80 behind after its event, 20 allowed"
-        );
-        assert!(!conns[&2].is_closing());
+        assert!(conns[&1].is_closing(), "48 held, 20 allowed");
     }
 
     #[test]

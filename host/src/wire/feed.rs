@@ -274,6 +274,30 @@ impl Cursor {
         }
     }
 
+    /// Entries and payload bytes published and not read yet that are for
+    /// connection `id` (its own broadcasts left out), counted until either
+    /// passes its limit. Walks what is unread: for when [`Cursor::lag`],
+    /// which counts everything, is over a limit.
+    pub fn lag_for(&self, id: u64, max_entries: u64, max_bytes: u64) -> (u64, u64) {
+        let end = self.end();
+        let (mut chunk, mut at) = (&self.chunk, self.next);
+        let (mut entries, mut bytes) = (0, 0);
+        while at < end && entries <= max_entries && bytes <= max_bytes {
+            if at == chunk.end() {
+                chunk = chunk.next.get().expect("published past a chunk");
+            }
+            let entry = chunk.slots[(at - chunk.first) as usize]
+                .get()
+                .expect(PUBLISHED);
+            if entry.except != Some(id) {
+                entries += 1;
+                bytes += entry.frame.len() as u64;
+            }
+            at += 1;
+        }
+        (entries, bytes)
+    }
+
     /// The slot of `next` in its chunk, stepping into the next chunk first
     /// when `next` starts it.
     fn slot(&mut self) -> usize {
@@ -438,6 +462,23 @@ mod tests {
         assert_eq!(cursor.lag(), (2, 14));
         assert_eq!(read(&mut cursor, 7, u64::MAX, usize::MAX), ["for 7"]);
         assert_eq!(cursor.lag(), (0, 0));
+    }
+
+    #[test]
+    fn what_is_for_a_reader_is_counted_without_its_own_up_to_a_limit() {
+        let mut feed = Feed::default();
+        let cursor = feed.cursor();
+        feed.append(text("for 7"), None);
+        for own in ["1", "22", "333", "4444", "55555"] {
+            feed.append(text(own), Some(7));
+        }
+        feed.append(text("to 7"), Some(8));
+        assert_eq!(cursor.lag(), (7, 24));
+        assert_eq!(cursor.lag_for(7, 10, 100), (2, 9));
+        assert_eq!(cursor.lag_for(8, 10, 100), (6, 20));
+        // Stops once past a limit.
+        assert_eq!(cursor.lag_for(8, 1, 100), (2, 6));
+        assert_eq!(cursor.lag_for(8, 10, 5), (2, 6));
     }
 
     #[test]

@@ -277,7 +277,8 @@ impl ConnHandle {
             self.read_bytes.store(feed.bytes(), Ordering::Release);
         }
         let lag = queue.lag();
-        if !self.has_room(&queue, lag, len) {
+        if !self.has_room(&queue, lag, len) && !self.has_room(&queue, self.lag_for_it(&queue), len)
+        {
             return Err(EnqueueError::Full);
         }
         // A close always wakes the task: it must start the peer's close
@@ -305,6 +306,21 @@ impl ConnHandle {
     /// Whether `len` more bytes in one more message stay within the limits,
     /// with what the connection has not read of the feed.
     /// `lag` is the feed's entries and bytes not read yet ([`Queue::lag`]).
+    /// What the feed holds for this connection and it has not read: the
+    /// feed's lag without its own broadcasts, which it does not get (a
+    /// burst of them to the others, in answer to its message, may still
+    /// be ahead of its writer). Counted only up to the limits.
+    fn lag_for_it(&self, queue: &Queue) -> (usize, usize) {
+        queue.feed.as_ref().map_or((0, 0), |feed| {
+            let (entries, bytes) = feed.lag_for(
+                self.id,
+                self.max_queued_messages as u64,
+                self.max_queued_bytes as u64,
+            );
+            (entries as usize, bytes as usize)
+        })
+    }
+
     fn has_room(&self, queue: &Queue, (entries, bytes): (usize, usize), len: usize) -> bool {
         queue.frames.len() + entries < self.max_queued_messages
             && queue.bytes + bytes + len <= self.max_queued_bytes

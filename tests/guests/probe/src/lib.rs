@@ -89,7 +89,9 @@ impl Controller for Probe {
             }
             "broadcast" => result(switchyard_sdk::try_broadcast(&Message::text(rest), None)),
             "fanout" => {
-                // `n` broadcasts to everyone else in one event: "0", "1", …
+                // "start" to everyone, then `n` broadcasts to everyone else
+                // in the same event: "0", "1", …
+                switchyard_sdk::broadcast(&Message::text("start"), None);
                 let n: u32 = rest.parse().unwrap_or(0);
                 for i in 0..n {
                     switchyard_sdk::broadcast(&Message::text(i.to_string()), Some(conn.id));
