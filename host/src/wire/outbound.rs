@@ -272,9 +272,12 @@ impl ConnHandle {
             // Its own broadcasts at the head of what it has not read are
             // nothing to it: passed here, a burst of them (its event's
             // answer to a message) does not count against this frame.
+            let read = feed.next();
             feed.pass_own(self.id);
-            self.read.store(feed.next(), Ordering::Release);
-            self.read_bytes.store(feed.bytes(), Ordering::Release);
+            if feed.next() != read {
+                self.read.store(feed.next(), Ordering::Release);
+                self.read_bytes.store(feed.bytes(), Ordering::Release);
+            }
         }
         let lag = queue.lag();
         if !self.has_room(&queue, lag, len) && !self.has_room(&queue, self.lag_for_it(&queue), len)
