@@ -46,28 +46,36 @@ pub struct Fanout {
     waiting: usize,
     /// The listeners taken at a hand-over (kept for its capacity).
     woken: Vec<u64>,
-    /// The connection whose event runs, with the entries and payload bytes
-    /// the event has broadcast to everyone but it: its lag leaves them out.
-    running: Option<(u64, u64, u64)>,
+    /// The event running, whose connection's lag leaves out what it has
+    /// broadcast to everyone but that connection.
+    running: Option<Running>,
+}
+
+/// The connection of the event running, and what the event has broadcast
+/// to everyone but it so far.
+struct Running {
+    id: u64,
+    entries: u64,
+    bytes: u64,
 }
 
 impl Fanout {
     /// Publishes `frame` for every connection of `conns` but `except`.
     pub fn add(&mut self, frame: Frame, except: Option<u64>, conns: &ConnTable) {
-        if let Some((running, entries, bytes)) = &mut self.running
-            && except == Some(*running)
+        if let Some(running) = &mut self.running
+            && except == Some(running.id)
         {
-            *entries += 1;
-            *bytes += frame.len() as u64;
+            running.entries += 1;
+            running.bytes += frame.len() as u64;
         }
         self.feed.append(frame, except);
         self.waiting += 1;
         if self.feed.end().is_multiple_of(CHECK_EVERY) {
             let now = (self.feed.end(), self.feed.bytes());
             for (id, conn) in conns {
-                let (end, bytes) = match self.running {
-                    Some((running, own, own_bytes)) if running == *id => {
-                        (now.0 - own, now.1 - own_bytes)
+                let (end, bytes) = match &self.running {
+                    Some(running) if running.id == *id => {
+                        (now.0 - running.entries, now.1 - running.bytes)
                     }
                     _ => now,
                 };
@@ -84,7 +92,11 @@ impl Fanout {
     /// An event of connection `id` starts: what it broadcasts to the
     /// others until the next event does not count in its lag.
     pub fn event_starts(&mut self, id: u64) {
-        self.running = Some((id, 0, 0));
+        self.running = Some(Running {
+            id,
+            entries: 0,
+            bytes: 0,
+        });
     }
 
     /// `conn` joins: it gets what is broadcast from now on.

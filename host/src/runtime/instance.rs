@@ -394,8 +394,9 @@ impl InstanceState {
             controller,
             on_message,
         } = self.live.as_mut().expect("instance created above");
-        // Its task may be the one running this event: it reads what the
-        // event broadcasts only afterwards, and is not behind meanwhile.
+        // Its task may be the one running this event, and passes what the
+        // event broadcasts to the others only afterwards: that does not
+        // count in its lag meanwhile.
         let running = match &event {
             Event::Open { info, .. } => info.id,
             Event::Message { id, .. } | Event::Error { id, .. } | Event::Close { id, .. } => *id,

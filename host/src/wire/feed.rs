@@ -34,9 +34,6 @@ const FIRST_CHUNK: usize = 4;
 /// Slots in a chunk at most.
 const MAX_CHUNK: usize = 16;
 
-/// What a slot before the feed's end holds.
-const PUBLISHED: &str = "a published slot is set";
-
 /// One broadcast.
 struct Entry {
     frame: Frame,
@@ -82,6 +79,19 @@ impl Chunk {
     /// The sequence number after its last slot.
     fn end(&self) -> u64 {
         self.first + self.slots.len() as u64
+    }
+
+    /// The next chunk when `at` starts it (a reader at `at` steps into it);
+    /// `None` while `at` is in this one.
+    fn step_for(&self, at: u64) -> Option<&Arc<Chunk>> {
+        (at == self.end()).then(|| self.next.get().expect("published past a chunk"))
+    }
+
+    /// The entry at `at`, which is in this chunk and published.
+    fn entry(&self, at: u64) -> &Entry {
+        self.slots[(at - self.first) as usize]
+            .get()
+            .expect("a published slot is set")
     }
 }
 
@@ -240,8 +250,8 @@ impl Cursor {
     ) {
         let until = until.min(self.end());
         while self.next < until && batch.len() < max {
-            let slot = self.slot();
-            let entry = self.chunk.slots[slot].get().expect(PUBLISHED);
+            self.step();
+            let entry = self.chunk.entry(self.next);
             self.next += 1;
             self.bytes += entry.frame.len() as u64;
             if entry.except == Some(id) {
@@ -264,8 +274,8 @@ impl Cursor {
     pub fn pass_own(&mut self, id: u64) {
         let end = self.end();
         while self.next < end {
-            let slot = self.slot();
-            let entry = self.chunk.slots[slot].get().expect(PUBLISHED);
+            self.step();
+            let entry = self.chunk.entry(self.next);
             if entry.except != Some(id) {
                 return;
             }
@@ -283,12 +293,10 @@ impl Cursor {
         let (mut chunk, mut at) = (&self.chunk, self.next);
         let (mut entries, mut bytes) = (0, 0);
         while at < end && entries <= max_entries && bytes <= max_bytes {
-            if at == chunk.end() {
-                chunk = chunk.next.get().expect("published past a chunk");
+            if let Some(next) = chunk.step_for(at) {
+                chunk = next;
             }
-            let entry = chunk.slots[(at - chunk.first) as usize]
-                .get()
-                .expect(PUBLISHED);
+            let entry = chunk.entry(at);
             if entry.except != Some(id) {
                 entries += 1;
                 bytes += entry.frame.len() as u64;
@@ -298,14 +306,11 @@ impl Cursor {
         (entries, bytes)
     }
 
-    /// The slot of `next` in its chunk, stepping into the next chunk first
-    /// when `next` starts it.
-    fn slot(&mut self) -> usize {
-        if self.next == self.chunk.end() {
-            let next = self.chunk.next.get().expect("published past a chunk");
+    /// Steps into the next chunk when `next` starts it.
+    fn step(&mut self) {
+        if let Some(next) = self.chunk.step_for(self.next) {
             self.chunk = next.clone();
         }
-        (self.next - self.chunk.first) as usize
     }
 
     /// Asks for a wake-up of connection `id` with the next broadcast.

@@ -306,9 +306,6 @@ impl ConnHandle {
         Ok(())
     }
 
-    /// Whether `len` more bytes in one more message stay within the limits,
-    /// with what the connection has not read of the feed.
-    /// `lag` is the feed's entries and bytes not read yet ([`Queue::lag`]).
     /// What the feed holds for this connection and it has not read: the
     /// feed's lag without its own broadcasts, which it does not get (a
     /// burst of them to the others, in answer to its message, may still
@@ -324,6 +321,9 @@ impl ConnHandle {
         })
     }
 
+    /// Whether `len` more bytes in one more message stay within the limits,
+    /// with what the connection has not read of the feed: `lag`, its
+    /// entries and bytes ([`Queue::lag`], or [`ConnHandle::lag_for_it`]).
     fn has_room(&self, queue: &Queue, (entries, bytes): (usize, usize), len: usize) -> bool {
         queue.frames.len() + entries < self.max_queued_messages
             && queue.bytes + bytes + len <= self.max_queued_bytes
