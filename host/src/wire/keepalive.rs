@@ -2,12 +2,17 @@
 //!
 //! Every frame received counts as a sign of life; one timer per connection
 //! checks, a few times per interval, whether a ping or the idle close is
-//! due.
+//! due. Neither costs a frame anything but a flag: a frame marks the
+//! connection heard, the next check takes its own time as the time of
+//! the last frame, and the timer, once armed, is looked at again only when
+//! it has fired (the connection's task is woken for every frame, and
+//! polling a timer each time is not free).
 
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::config::Limits;
 
@@ -15,7 +20,16 @@ use crate::config::Limits;
 pub struct Keepalive {
     ping: Option<Duration>,
     idle: Option<Duration>,
-    check: tokio::time::Interval,
+    /// Time between two checks.
+    period: Duration,
+    /// The next check.
+    check: Pin<Box<Sleep>>,
+    /// `check` was polled and is registered with the connection's task:
+    /// polling it again before it fires would tell nothing new.
+    armed: bool,
+    /// Something arrived since the last check.
+    heard: bool,
+    /// The check at which the peer was last heard (or the start).
     last_received: Instant,
     last_ping: Instant,
 }
@@ -32,8 +46,10 @@ pub enum Due {
 impl Keepalive {
     pub fn new(limits: &Limits) -> Keepalive {
         let (ping, idle) = (limits.ping_interval(), limits.idle_timeout());
-        // Checks at half the shorter period: a ping goes out at most half an
-        // interval late, an idle client is closed at most that much late.
+        // Checks at half the shorter period: a frame counts from the check
+        // after it, so a ping goes out at most half an interval late and an
+        // idle client is closed at most that much late (a period more when
+        // the longer of the two is not a multiple of the shorter).
         let period = match (ping, idle) {
             (Some(p), Some(i)) => p.min(i) / 2,
             (Some(d), None) | (None, Some(d)) => d / 2,
@@ -41,12 +57,13 @@ impl Keepalive {
         }
         .max(Duration::from_millis(1));
         let now = Instant::now();
-        let mut check = tokio::time::interval_at(now + period, period);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Keepalive {
             ping,
             idle,
-            check,
+            period,
+            check: Box::pin(tokio::time::sleep_until(now + period)),
+            armed: false,
+            heard: false,
             last_received: now,
             last_ping: now,
         }
@@ -60,13 +77,28 @@ impl Keepalive {
     /// Something arrived from the peer (or the peer is not to blame for
     /// the quiet).
     pub fn received(&mut self) {
-        self.last_received = Instant::now();
+        self.heard = true;
     }
 
     /// Ready at the next check at which something is due.
     pub fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
         loop {
-            let now = std::task::ready!(self.check.poll_tick(cx));
+            if self.armed && !self.check.is_elapsed() {
+                return Poll::Pending;
+            }
+            if self.check.as_mut().poll(cx).is_pending() {
+                self.armed = true;
+                return Poll::Pending;
+            }
+            self.armed = false;
+            let now = self.check.deadline();
+            // The next check a period from now: a late check (a busy
+            // thread) does not bring the ones after it closer.
+            let next = Instant::now().max(now) + self.period;
+            self.check.as_mut().reset(next);
+            if std::mem::take(&mut self.heard) {
+                self.last_received = now;
+            }
             let quiet = now.saturating_duration_since(self.last_received);
             if self.idle.is_some_and(|idle| quiet >= idle) {
                 return Poll::Ready(Due::IdleClose);

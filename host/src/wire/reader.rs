@@ -25,10 +25,12 @@
 //! the connection's task, which answers them.
 
 use std::cell::RefCell;
-use std::pin::Pin;
+use std::io::ErrorKind;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rustix::net::RecvFlags;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -208,6 +210,51 @@ fn invalid_utf8() -> WsError {
     WsError::Utf8(String::from("invalid UTF-8 sequence"))
 }
 
+/// Reads what the socket has into the spare room of `buf`, `limit` bytes at
+/// most, with rustix's raw `recv` (libc's is a cancellation point, with
+/// bookkeeping on every call). As tokio's own reads do on epoll, a short
+/// read shows the socket drained and its readiness is forgotten, so that
+/// the next read waits for data instead of failing with `EAGAIN` first:
+/// tokio clears readiness when the operation says `WouldBlock`, and the
+/// read is kept aside for that moment.
+fn poll_recv(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() == buf.len() {
+        buf.reserve(MAX_CLIENT_FRAME_HEADER);
+    }
+    loop {
+        ready!(tcp.poll_read_ready(cx))?;
+        let spare = buf.spare_capacity_mut();
+        let room = spare.len().min(limit);
+        let mut read = None;
+        let result = tcp.try_io(Interest::READABLE, || {
+            let ((filled, _), _) = rustix::net::recv(tcp, &mut spare[..room], RecvFlags::empty())?;
+            let n = filled.len();
+            read = Some(n);
+            if 0 < n && n < room {
+                Err(ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match (result, read) {
+            (Ok(()), Some(n)) | (Err(_), Some(n)) => {
+                // SAFETY: `recv` initialized the first `n` spare bytes.
+                unsafe { buf.advance_mut(n) };
+                return Poll::Ready(Ok(n));
+            }
+            (Err(err), None)
+                if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+            (Err(err), None) => return Poll::Ready(Err(err)),
+            (Ok(()), None) => unreachable!("a read that succeeded says how much it read"),
+        }
+    }
+}
+
 /// The read side of one connection.
 pub struct Reader {
     /// Bytes read and not used yet; they start at a frame boundary. Empty
@@ -300,11 +347,7 @@ impl Reader {
         RECV.with_borrow_mut(|buf| {
             buf.clear();
             buf.reserve(self.read_bytes);
-            let read = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(tcp),
-                cx,
-                &mut (&mut *buf).limit(self.read_bytes)
-            ));
+            let read = ready!(poll_recv(tcp, cx, buf, self.read_bytes));
             buf.clear();
             Poll::Ready(read)
         })
@@ -316,11 +359,7 @@ impl Reader {
         RECV.with_borrow_mut(|buf| {
             buf.clear();
             buf.reserve(self.read_bytes);
-            match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(tcp),
-                cx,
-                &mut (&mut *buf).limit(self.read_bytes)
-            )) {
+            match ready!(poll_recv(tcp, cx, buf, self.read_bytes)) {
                 Ok(0) => return Poll::Ready(ReadStep::End),
                 Ok(_) => {}
                 Err(err) => return Poll::Ready(ReadStep::Failed(WsError::Io(err).into())),
@@ -393,11 +432,7 @@ impl Reader {
                 let needed = head.map_or(MAX_CLIENT_FRAME_HEADER, |head| head.frame_len());
                 self.pending
                     .reserve((needed - self.pending.len()).max(self.read_bytes));
-                return match ready!(tokio_util::io::poll_read_buf(
-                    Pin::new(tcp),
-                    cx,
-                    &mut self.pending
-                )) {
+                return match ready!(poll_recv(tcp, cx, &mut self.pending, usize::MAX)) {
                     Ok(0) => Poll::Ready(ReadStep::End),
                     Ok(_) => Poll::Ready(ReadStep::Again),
                     Err(err) => Poll::Ready(ReadStep::Failed(WsError::Io(err).into())),

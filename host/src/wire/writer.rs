@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::task::{Context, Poll, ready};
 
-use socket2::SockRef;
+use rustix::net::{self, SendAncillaryBuffer, SendFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -120,9 +120,9 @@ const STAGE_BYTES: usize = 64 << 10;
 /// own socket writes pass it); elsewhere Rust programs ignore SIGPIPE, and
 /// the sockets of some systems (macOS) carry `SO_NOSIGPIPE` instead.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-const SEND_FLAGS: std::ffi::c_int = libc::MSG_NOSIGNAL;
+const SEND_FLAGS: SendFlags = SendFlags::NOSIGNAL;
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-const SEND_FLAGS: std::ffi::c_int = 0;
+const SEND_FLAGS: SendFlags = SendFlags::empty();
 
 /// Buffers handed to one system call at most (a large frame takes two: its
 /// header and its payload).
@@ -196,7 +196,8 @@ impl Stage {
 
     /// Sends what [`Stage::fill`] laid out: one buffer with `send`, several
     /// with `sendmsg` (neither pays for the file layer `writev` goes
-    /// through).
+    /// through), as rustix's raw system calls (libc's wrappers are
+    /// cancellation points, with bookkeeping on every call).
     fn poll_send(
         &self,
         tcp: &TcpStream,
@@ -212,11 +213,12 @@ impl Stage {
         loop {
             ready!(tcp.poll_write_ready(cx))?;
             let sent = tcp.try_io(Interest::WRITABLE, || {
-                let socket = SockRef::from(tcp);
-                match slices {
-                    [one] => socket.send_with_flags(one, SEND_FLAGS),
-                    _ => socket.send_vectored_with_flags(slices, SEND_FLAGS),
-                }
+                Ok(match slices {
+                    [one] => net::send(tcp, one, SEND_FLAGS)?,
+                    _ => {
+                        net::sendmsg(tcp, slices, &mut SendAncillaryBuffer::default(), SEND_FLAGS)?
+                    }
+                })
             });
             match sent {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
@@ -405,6 +407,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use socket2::SockRef;
     use tokio_tungstenite::tungstenite::protocol::frame::Frame as WsFrame;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
     use tokio_tungstenite::tungstenite::{Bytes, Utf8Bytes};
