@@ -24,8 +24,9 @@ pub struct Keepalive {
     period: Duration,
     /// The next check.
     check: Pin<Box<Sleep>>,
-    /// `check` was polled and is registered with the connection's task:
-    /// polling it again before it fires would tell nothing new.
+    /// `check` is registered with the connection's task (polled outside
+    /// tokio's task budget, so a poll always registers it): polling it
+    /// again before it fires would tell nothing new.
     armed: bool,
     /// Something arrived since the last check.
     heard: bool,
@@ -46,10 +47,11 @@ pub enum Due {
 impl Keepalive {
     pub fn new(limits: &Limits) -> Keepalive {
         let (ping, idle) = (limits.ping_interval(), limits.idle_timeout());
-        // Checks at half the shorter period: a frame counts from the check
-        // after it, so a ping goes out at most half an interval late and an
-        // idle client is closed at most that much late (a period more when
-        // the longer of the two is not a multiple of the shorter).
+        // Checks at half the shorter period: a ping goes out at most that
+        // much late. A frame counts from the check after it, so an idle
+        // client is closed at most a period late when the idle timeout is
+        // a multiple of the period (the defaults, 30 s and 75 s, are), and
+        // at most two otherwise.
         let period = match (ping, idle) {
             (Some(p), Some(i)) => p.min(i) / 2,
             (Some(d), None) | (None, Some(d)) => d / 2,
@@ -86,7 +88,13 @@ impl Keepalive {
             if self.armed && !self.check.is_elapsed() {
                 return Poll::Pending;
             }
-            if self.check.as_mut().poll(cx).is_pending() {
+            // Unconstrained: with the task's budget spent, tokio would
+            // answer `Pending` without registering the timer, and a check
+            // marked armed would then never wake the task.
+            if Pin::new(&mut tokio::task::unconstrained(self.check.as_mut()))
+                .poll(cx)
+                .is_pending()
+            {
                 self.armed = true;
                 return Poll::Pending;
             }
@@ -143,6 +151,28 @@ mod tests {
         let closed = start.elapsed();
         assert!(closed >= Duration::from_millis(3_000), "{closed:?}");
         assert!(closed <= Duration::from_millis(3_500), "{closed:?}");
+    }
+
+    /// A busy connection's task may have spent its budget when it polls
+    /// the keepalive; the check must still be registered and fire.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_polled_with_the_budget_spent_still_fires() {
+        let mut keepalive = Keepalive::new(&limits(1_000, 0));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..1_000 {
+            tx.send(()).unwrap();
+        }
+        let mut spent = false;
+        let due = std::future::poll_fn(|cx| {
+            if !spent {
+                // Ready messages are refused once the budget is gone.
+                while rx.poll_recv(cx).is_ready() {}
+                spent = true;
+            }
+            keepalive.poll_due(cx)
+        });
+        let due = tokio::time::timeout(Duration::from_secs(60), due).await;
+        assert_eq!(due, Ok(Due::Ping));
     }
 
     #[tokio::test(start_paused = true)]

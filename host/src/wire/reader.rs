@@ -211,8 +211,8 @@ fn invalid_utf8() -> WsError {
 }
 
 /// Reads what the socket has into the spare room of `buf`, `limit` bytes at
-/// most, with rustix's raw `recv` (libc's is a cancellation point, with
-/// bookkeeping on every call). As tokio's own reads do on epoll, a short
+/// most, with rustix's `recv` (on Linux a raw system call; libc's is a
+/// cancellation point, with bookkeeping on every call). As tokio's own reads do on epoll, a short
 /// read shows the socket drained and its readiness is forgotten, so that
 /// the next read waits for data instead of failing with `EAGAIN` first:
 /// tokio clears readiness when the operation says `WouldBlock`, and the
@@ -242,6 +242,9 @@ fn poll_recv(
             }
         });
         match (result, read) {
+            // Read, whatever tokio made of the `WouldBlock` that follows a
+            // short read (cleared readiness, or on a poll(2) backend a
+            // failed re-arm): the bytes are ours.
             (Ok(()), Some(n)) | (Err(_), Some(n)) => {
                 // SAFETY: `recv` initialized the first `n` spare bytes.
                 unsafe { buf.advance_mut(n) };

@@ -196,8 +196,8 @@ impl Stage {
 
     /// Sends what [`Stage::fill`] laid out: one buffer with `send`, several
     /// with `sendmsg` (neither pays for the file layer `writev` goes
-    /// through), as rustix's raw system calls (libc's wrappers are
-    /// cancellation points, with bookkeeping on every call).
+    /// through), with rustix (on Linux raw system calls; libc's wrappers
+    /// are cancellation points, with bookkeeping on every call).
     fn poll_send(
         &self,
         tcp: &TcpStream,
