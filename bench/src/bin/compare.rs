@@ -609,15 +609,16 @@ const TIMED_EVENTS: usize = 100_000;
 /// 2 cores / (server + client CPU per message); with native's server and
 /// client CPU and the event's cost added, the ratio is at most
 /// (server + client) / (server + client + event).
-fn ceiling(title: &str, rounds: &[Vec<Outcome>], event_us: f64) {
+/// The floor line: what the in-process event alone costs on top of the
+/// native server, as the best echo ratio to native it leaves and, when
+/// Node's `ws` ran (at index `ws`), the best ratio to `ws` it leaves. Each
+/// server gets about one core here, so against `ws` that is `ws`'s server
+/// CPU per message over native's plus the event, per round.
+fn ceiling(title: &str, rounds: &[Vec<Outcome>], event_us: f64, ws: Option<usize>) {
     let per_message =
         |cpu: Duration, r: &EchoResult| cpu.as_secs_f64() * 1e6 / r.messages.max(1) as f64;
-    let server = median(
-        rounds
-            .iter()
-            .map(|r| per_message(echo_of(&r[0]).cpu.server, echo_of(&r[0])))
-            .collect(),
-    );
+    let server_of = |r: &Outcome| per_message(echo_of(r).cpu.server, echo_of(r));
+    let server = median(rounds.iter().map(|r| server_of(&r[0])).collect());
     let client = median(
         rounds
             .iter()
@@ -625,7 +626,21 @@ fn ceiling(title: &str, rounds: &[Vec<Outcome>], event_us: f64) {
             .collect(),
     );
     let ceiling = (server + client) / (server + client + event_us);
-    println!("{title:<36} {event_us:>9.3} {server:>11.3} {client:>11.3} {ceiling:>8.3}");
+    let against_ws = ws.map_or_else(
+        || format!("{:>8}", "-"),
+        |at| {
+            let best = median(
+                rounds
+                    .iter()
+                    .map(|r| server_of(&r[at]) / (server_of(&r[0]) + event_us))
+                    .collect(),
+            );
+            format!("{best:>8.3}")
+        },
+    );
+    println!(
+        "{title:<36} {event_us:>9.3} {server:>11.3} {client:>11.3} {ceiling:>8.3} {against_ws}"
+    );
 }
 
 fn met(ok: bool) -> &'static str {
@@ -792,14 +807,19 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
     if !ceilings.is_empty() && paired {
         println!(
             "\n== the WebAssembly layer's floor: one on-message event in-process (echo.wasm, no socket), \
-             and the best echo ratio it leaves on this machine"
+             and the best echo ratio it leaves on this machine: against native, and against Node's ws \
+             when it ran (ws's server CPU per message over native's plus the event, per round)"
         );
         println!(
-            "{:<36} {:>9} {:>11} {:>11} {:>8}",
-            "scenario", "event us", "native srv", "native cli", "ceiling"
+            "{:<36} {:>9} {:>11} {:>11} {:>8} {:>8}",
+            "scenario", "event us", "native srv", "native cli", "ceiling", "vs ws"
         );
         for (scenario, rounds, event_us) in ceilings {
-            ceiling(&runner.title(scenario), rounds, event_us);
+            let ws = runner
+                .kinds(scenario)
+                .iter()
+                .position(|k| *k == ServerKind::NodeWs);
+            ceiling(&runner.title(scenario), rounds, event_us, ws);
         }
     }
     Ok(())
